@@ -1,0 +1,48 @@
+"""Shared test helpers: deterministic packed batches and a torchrun launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from genlip.model.batch import PackedBatch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Mixed grids (square and not), prompt lengths (incl. none) and caption lengths, with padding.
+MIXED_SEGMENTS = [
+    [[2, 3, 2, 4], [3, 3, 1, 2], [1, 4, 0, 3]],
+    [[4, 2, 0, 5], [2, 2, 3, 1], [0, 0, 0, 0]],
+]
+
+
+def make_batch(segments, seq_len: int, vocab: int, patch_dim: int, seed: int = 0) -> PackedBatch:
+    g = torch.Generator().manual_seed(seed)
+    seg = torch.tensor(segments, dtype=torch.int32)
+    n_img = int((seg[..., 0] * seg[..., 1]).sum())
+    tokens = torch.randint(1, vocab, (seg.shape[0], seq_len), generator=g)
+    return PackedBatch(torch.randn(n_img, patch_dim, generator=g), tokens, seg)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_torchrun(script: str, nproc: int, out: Path, *args: str, timeout: int = 600) -> dict:
+    """Run `script` under torchrun on gloo; return the JSON it wrote to `out`."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           f"--master_port={free_port()}", str(ROOT / script), "--out", str(out), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return json.loads(out.read_text())

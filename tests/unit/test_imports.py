@@ -1,0 +1,44 @@
+"""The import rules of STYLE.md: the model is plain torch; only megatron_ext imports megatron.core;
+nothing imports data_tools or run_scripts."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def imports_of(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def files(*dirs):
+    out = [p for d in dirs for p in (ROOT / d).rglob("*.py")]
+    assert out, dirs
+    return out
+
+
+def test_model_is_plain_torch():
+    for path in files("genlip/model"):
+        bad = {m for m in imports_of(path)
+               if m.split(".")[0] in ("megatron", "deepspeed", "megatron_ext") or m.startswith("torch.distributed")}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_only_megatron_ext_imports_megatron():
+    for path in files("genlip", "data_tools", "tests") + [ROOT / "setup.py"]:
+        bad = {m for m in imports_of(path) if m.split(".")[0] == "megatron"}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_library_never_imports_applications():
+    for path in files("genlip", "megatron_ext", "data_tools"):
+        bad = {m for m in imports_of(path) if m.split(".")[0] in ("run_scripts", "tests")}
+        if path.parts[-2] != "data_tools":
+            bad |= {m for m in imports_of(path) if m.split(".")[0] == "data_tools"}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
