@@ -18,10 +18,12 @@ setup(
         "deepspeed>=0.19",
         "numpy",
         "pillow",
+        "pyarrow",
         "pyyaml",
         "safetensors",
         "sentencepiece",
         "tensorboard",
+        "tokenizers",
         "tqdm",
         "webdataset",
         "matplotlib",
@@ -35,6 +37,7 @@ setup(
         "console_scripts": [
             "genlip-info=genlip.info:main",
             "genlip-demo=genlip.demo:main",
+            "genlip-data=data_tools.cli:main",
         ],
     },
 )

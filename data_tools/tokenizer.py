@@ -1,0 +1,46 @@
+"""genlip-data tokenizer: train a sentencepiece model on the captions of raw inputs."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+from data_tools.sources import RawSample, SourceOptions, expand_inputs, iter_source
+from genlip.data.tokenizer import Tokenizer, train_sentencepiece
+
+
+def iter_captions(inputs, opts: SourceOptions):
+    for path in inputs:
+        for item in iter_source(path, opts, captions_only=True):
+            if isinstance(item, RawSample):
+                if item.caption:
+                    yield item.caption
+                if item.instruction:
+                    yield item.instruction
+
+
+def add_parser(sub) -> None:
+    ap = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer on captions", description=__doc__,
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("inputs", nargs="+", help="input files, directories or globs (.tar, .jsonl, .csv, .parquet)")
+    ap.add_argument("--out", required=True, type=Path, help="output .model file")
+    ap.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size (an upper bound for tiny corpora)")
+    ap.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram", help="sentencepiece model type")
+    ap.add_argument("--max-sentences", type=int, default=2_000_000, help="captions sampled for training")
+    ap.add_argument("--caption-field", default="caption", help="JSON field / column holding the caption")
+    ap.add_argument("--prompt", default="Describe the image in detail.", help="also trained on, so it tokenizes well")
+    ap.set_defaults(run=run)
+
+
+def run(args) -> int:
+    inputs = expand_inputs(args.inputs)
+    opts = SourceOptions(caption_field=args.caption_field)
+    texts = itertools.chain([args.prompt] * 10, iter_captions(inputs, opts))
+    out = args.out if args.out.suffix == ".model" else args.out.with_suffix(".model")
+    path = train_sentencepiece(texts, out, vocab_size=args.vocab_size, model_type=args.model_type,
+                               max_sentences=args.max_sentences)
+    tok = Tokenizer(path)
+    print(f"tokenizer {path}: {tok.vocab_size} pieces ({args.model_type}), end ids {tok.end_ids}", file=sys.stderr)
+    return 0

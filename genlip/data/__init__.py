@@ -1,0 +1,1 @@
+"""Data: shard format, tokenizer, images, packing and the training loader."""

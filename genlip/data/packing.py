@@ -1,0 +1,158 @@
+"""Packing plans: which samples form each row of one epoch.
+
+A plan is a pure function of (sample lengths, seed, epoch, token budget, max samples per row). The epoch's
+order is a seeded permutation; it is cut into windows, each window is packed best-fit decreasing (a row
+keeps taking the largest sample that still fits), and the window's rows are shuffled. Rows never split a sample and never exceed the budget. Each
+epoch is stored as two `.npy` files (row offsets, sample ids), memory-mapped at training time, so no
+epoch but the current one needs to be in memory.
+
+    DATASET/packing/b{budget}_k{max_samples}_s{seed}/plan.json
+    DATASET/packing/b{budget}_k{max_samples}_s{seed}/epoch_00003.{rows,samples}.npy
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PackingSpec:
+    """Parameters of a packing plan."""
+
+    budget: int = 16384
+    """Token slots per row (image patches + prompt + caption + end of every sample in it)."""
+    max_samples_per_row: int = 128
+    """Most samples in one row (the segment table's fixed size K)."""
+    seed: int = 0
+    """Order seed; each epoch draws its own permutation from (seed, epoch)."""
+    window: int = 16384
+    """Samples packed together; larger packs tighter, smaller keeps the order more random."""
+
+    @property
+    def name(self) -> str:
+        return f"b{self.budget}_k{self.max_samples_per_row}_s{self.seed}"
+
+
+def _pack_window(lengths: np.ndarray, budget: int, max_k: int) -> list[np.ndarray]:
+    """Rows of positions into `lengths` (one window): best-fit decreasing, a row keeps taking the largest
+    sample that still fits, so its leftover is smaller than every sample still unplaced."""
+    order = np.argsort(lengths, kind="stable")
+    values, starts = np.unique(lengths[order], return_index=True)
+    stacks = {int(v): order[a:b].tolist() for v, a, b in zip(values, starts, list(starts[1:]) + [len(order)])}
+    keys = [int(v) for v in values]  # ascending lengths that still have samples
+    rows = []
+    while keys:
+        row, room = [], budget
+        while len(row) < max_k:
+            k = bisect.bisect_right(keys, room) - 1
+            if k < 0:
+                break
+            v = keys[k]
+            row.append(stacks[v].pop())
+            room -= v
+            if not stacks[v]:
+                del keys[k]
+        rows.append(np.asarray(row, dtype=np.int64))
+    return rows
+
+
+def pack_epoch(lengths: np.ndarray, spec: PackingSpec, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row_offsets [R+1] int64, samples [N] int64) for one epoch."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    too_long = np.flatnonzero(lengths > spec.budget)
+    if len(too_long):
+        raise ValueError(f"sample {int(too_long[0])} has {int(lengths[too_long[0]])} tokens, more than the "
+                         f"packing budget {spec.budget}; raise the budget or rebuild with fewer max patches")
+    perm = np.random.default_rng([spec.seed, epoch]).permutation(len(lengths))
+    samples, offsets = [], [0]
+    for w, start in enumerate(range(0, len(perm), spec.window)):
+        idx = perm[start:start + spec.window]
+        rows = _pack_window(lengths[idx], spec.budget, spec.max_samples_per_row)
+        for r in np.random.default_rng([spec.seed, epoch, w]).permutation(len(rows)):
+            samples.append(idx[rows[r]])
+            offsets.append(offsets[-1] + len(rows[r]))
+    flat = np.concatenate(samples) if samples else np.zeros(0, np.int64)
+    return np.asarray(offsets, dtype=np.int64), flat.astype(np.int64)
+
+
+def fill_rate(lengths: np.ndarray, row_offsets: np.ndarray, budget: int) -> float:
+    rows = len(row_offsets) - 1
+    return float(np.asarray(lengths, dtype=np.int64).sum()) / (rows * budget) if rows else 0.0
+
+
+class PackingPlan:
+    """The stored plan of one dataset for one `PackingSpec`; epochs are built on first use."""
+
+    def __init__(self, root: str | Path, spec: PackingSpec, lengths: np.ndarray, dataset_id: str):
+        self.dir = Path(root) / "packing" / spec.name
+        self.spec, self.lengths, self.dataset_id = spec, np.asarray(lengths, np.int64), dataset_id
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _paths(self, epoch: int) -> tuple[Path, Path]:
+        return self.dir / f"epoch_{epoch:05d}.rows.npy", self.dir / f"epoch_{epoch:05d}.samples.npy"
+
+    def _check_header(self) -> None:
+        header = {"version": PLAN_VERSION, "spec": asdict(self.spec), "num_samples": len(self.lengths),
+                  "dataset": self.dataset_id, "total_tokens": int(self.lengths.sum())}
+        path = self.dir / "plan.json"
+        if path.exists():
+            stored = json.loads(path.read_text())
+            if {k: stored.get(k) for k in header} != header:
+                raise ValueError(f"{path} was made for another dataset or settings; delete {self.dir} to rebuild it")
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _atomic_bytes(path, json.dumps(header, indent=1, sort_keys=True).encode())
+
+    def build(self, epoch: int) -> float:
+        """Compute and store one epoch (idempotent: concurrent builders write identical files)."""
+        self._check_header()
+        rows_path, samples_path = self._paths(epoch)
+        offsets, samples = pack_epoch(self.lengths, self.spec, epoch)
+        _atomic_npy(samples_path, samples)
+        _atomic_npy(rows_path, offsets)  # written last: its presence marks a complete epoch
+        return fill_rate(self.lengths, offsets, self.spec.budget)
+
+    def has(self, epoch: int) -> bool:
+        return self._paths(epoch)[0].exists()
+
+    def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(row_offsets, samples), memory-mapped; built first if missing. Keeps at most two epochs open."""
+        if epoch not in self._cache:
+            if not self.has(epoch):
+                self.build(epoch)
+            else:
+                self._check_header()
+            rows_path, samples_path = self._paths(epoch)
+            self._cache[epoch] = (np.load(rows_path, mmap_mode="r"), np.load(samples_path, mmap_mode="r"))
+            for old in sorted(self._cache)[:-2]:
+                del self._cache[old]
+        return self._cache[epoch]
+
+    def rows_in_epoch(self, epoch: int) -> int:
+        return len(self.epoch(epoch)[0]) - 1
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

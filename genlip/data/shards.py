@@ -1,0 +1,238 @@
+"""The shard directory format (docs/DATA_FORMAT.md): writer, reader and integrity checks.
+
+    DATASET/manifest.json               schema, tokenizer, prompt, image mode, per-shard records, skips, command
+    DATASET/tokenizer.model|.json       the tokenizer used (copied: the dataset describes itself)
+    DATASET/shards/NAME.text.{bin,idx}  MMIDIDX: caption tokens + end tokens, one sequence per sample
+    DATASET/shards/NAME.image.{bin,idx} MMIDIDX uint8: the stored (resized) image
+    DATASET/shards/NAME.prompt.{bin,idx} optional: per-sample instruction tokens (stage 2 data)
+    DATASET/shards/NAME.meta.npy        per sample: grid_h, grid_w, text_len, prompt_len, key_hash, crc32s
+    DATASET/shards/NAME.done.json       the shard record, written last: its presence marks a finished shard
+
+Every file is written under a temporary name and renamed when complete, so a killed writer never leaves
+a shard that looks finished. Per-sample CRC32s let the loader catch a corrupt byte at read time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from genlip.data.images import ImageMode
+from genlip.data.indexed import IndexedFormatError, IndexedReader, IndexedWriter
+from genlip.data.tokenizer import file_sha256
+
+SCHEMA_VERSION = 1
+FORMAT = "genlip-shards"
+META_DTYPE = np.dtype([("grid_h", "<u2"), ("grid_w", "<u2"), ("text_len", "<u4"), ("prompt_len", "<u2"),
+                       ("key_hash", "<u8"), ("image_crc", "<u4"), ("text_crc", "<u4")])
+KINDS = ("text", "image", "prompt")
+
+
+class DatasetError(ValueError):
+    """A dataset that does not match its manifest; the message names the file and what to do."""
+
+
+def text_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+
+
+def shard_files(name: str, with_prompts: bool) -> list[str]:
+    kinds = KINDS if with_prompts else KINDS[:2]
+    return [f"{name}.{k}.{ext}" for k in kinds for ext in ("bin", "idx")] + [f"{name}.meta.npy"]
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ShardWriter:
+    """Write one output shard; `finish()` renames every file into place, the record last."""
+
+    def __init__(self, shard_dir: Path, name: str, *, vocab_size: int, with_prompts: bool):
+        self.dir, self.name, self.with_prompts = Path(shard_dir), name, with_prompts
+        self.tmp_tag = f".tmp-{os.getpid()}"
+        self._writers = {"text": IndexedWriter(self._tmp(f"{name}.text.bin"), text_dtype(vocab_size)),
+                         "image": IndexedWriter(self._tmp(f"{name}.image.bin"), np.uint8)}
+        if with_prompts:
+            self._writers["prompt"] = IndexedWriter(self._tmp(f"{name}.prompt.bin"), text_dtype(vocab_size))
+        self.meta: list[tuple] = []
+        self.text_tokens = 0
+        self.patches = 0
+
+    def _tmp(self, fname: str) -> Path:
+        return self.dir / f".{fname}{self.tmp_tag}"
+
+    def add(self, *, key_hash: int, image: bytes, grid: tuple[int, int], text_ids, prompt_ids=()) -> None:
+        text = np.asarray(text_ids, dtype=self._writers["text"].dtype)
+        self._writers["image"].add(np.frombuffer(image, dtype=np.uint8))
+        self._writers["text"].add(text)
+        if self.with_prompts:
+            self._writers["prompt"].add(np.asarray(prompt_ids, dtype=self._writers["text"].dtype))
+        self.meta.append((grid[0], grid[1], len(text), len(prompt_ids), key_hash, zlib.crc32(image),
+                          zlib.crc32(text.tobytes())))
+        self.text_tokens += len(text)
+        self.patches += grid[0] * grid[1]
+
+    def finish(self, extra: dict) -> dict:
+        """Finalize, checksum and rename; returns the shard record (also written as NAME.done.json)."""
+        for kind, w in self._writers.items():
+            w.finalize(self._tmp(f"{self.name}.{kind}.idx"))
+        meta = np.array(self.meta, dtype=META_DTYPE)
+        with open(self._tmp(f"{self.name}.meta.npy"), "wb") as f:
+            np.save(f, meta)
+            f.flush()
+            os.fsync(f.fileno())
+        files = {}
+        for fname in shard_files(self.name, self.with_prompts):
+            tmp = self._tmp(fname)
+            files[fname] = {"bytes": tmp.stat().st_size, "sha256": file_sha256(tmp)}
+        for fname in files:
+            os.replace(self._tmp(fname), self.dir / fname)
+        record = {"name": self.name, "samples": len(meta), "text_tokens": int(self.text_tokens),
+                  "patches": int(self.patches), "files": files, **extra}
+        atomic_write_json(self.dir / f"{self.name}.done.json", record)
+        return record
+
+    def abort(self) -> None:
+        for w in self._writers.values():
+            w._f.close()
+        for p in self.dir.glob(f".{self.name}.*{self.tmp_tag}"):
+            p.unlink(missing_ok=True)
+
+
+@dataclass
+class Shard:
+    name: str
+    text: IndexedReader
+    image: IndexedReader
+    prompt: IndexedReader | None
+    meta: np.ndarray
+
+
+@dataclass
+class ShardDataset:
+    """An opened dataset directory: manifest, image mode and memory-mapped shards."""
+
+    root: Path
+    manifest: dict
+    image_mode: ImageMode
+    shards: list[Shard] = field(default_factory=list)
+    offsets: np.ndarray = None  # [num_shards + 1] first global sample index of each shard
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[Shard, int]:
+        s = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.shards[s], index - int(self.offsets[s])
+
+    def lengths(self, default_prompt_len: int) -> np.ndarray:
+        """Tokens per sample (patches + prompt + caption/end), in global sample order (int64)."""
+        out = []
+        for sh in self.shards:
+            m = sh.meta
+            prompt = np.where(m["prompt_len"] > 0, m["prompt_len"], default_prompt_len) if sh.prompt is not None \
+                else np.full(len(m), default_prompt_len)
+            out.append(m["grid_h"].astype(np.int64) * m["grid_w"] + prompt + m["text_len"])
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def load_manifest(root: str | Path) -> dict:
+    root = Path(root)
+    path = root / "manifest.json"
+    if not root.is_dir():
+        raise DatasetError(f"dataset directory {root} does not exist")
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing: the dataset is incomplete (rerun `genlip-data build` to finish it)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path} is not valid JSON ({e}); rebuild the manifest with `genlip-data build`") from None
+    if manifest.get("format") != FORMAT or manifest.get("schema_version") != SCHEMA_VERSION:
+        raise DatasetError(f"{path}: format {manifest.get('format')!r} v{manifest.get('schema_version')} is not "
+                           f"{FORMAT} v{SCHEMA_VERSION}")
+    return manifest
+
+
+def manifest_hash(root: str | Path) -> str:
+    return file_sha256(Path(root) / "manifest.json")
+
+
+def check_files(root: str | Path, manifest: dict, *, checksums: bool) -> list[str]:
+    """Defects of the files against the manifest: missing, size, and (if `checksums`) sha256."""
+    root = Path(root)
+    defects = []
+    tok = manifest["tokenizer"]
+    tok_path = root / tok["file"]
+    if not tok_path.is_file():
+        defects.append(f"{tok_path}: missing tokenizer file")
+    elif file_sha256(tok_path) != tok["sha256"]:
+        defects.append(f"{tok_path}: sha256 differs from the manifest")
+    for rec in manifest["shards"]:
+        for fname, info in rec["files"].items():
+            path = root / "shards" / fname
+            if not path.is_file():
+                defects.append(f"{path}: missing")
+            elif path.stat().st_size != info["bytes"]:
+                defects.append(f"{path}: {path.stat().st_size} bytes, manifest says {info['bytes']}")
+            elif (checksums or fname.endswith((".idx", ".npy"))) and file_sha256(path) != info["sha256"]:
+                defects.append(f"{path}: sha256 differs from the manifest (corrupt file)")
+    return defects
+
+
+def open_dataset(root: str | Path, *, check: str = "quick") -> ShardDataset:
+    """Open a dataset for reading after checking it against its manifest.
+
+    check: "full" (sha256 of every file), "quick" (every file present with its size, sha256 of the small
+    .idx/.npy files; corrupt .bin bytes are then caught by per-sample CRCs at read time) or "none".
+    """
+    root = Path(root)
+    manifest = load_manifest(root)
+    if check != "none":
+        defects = check_files(root, manifest, checksums=check == "full")
+        if defects:
+            raise DatasetError(f"dataset {root} does not match its manifest ({len(defects)} defect(s)):\n  "
+                               + "\n  ".join(defects[:20]) + "\nrun `genlip-data verify` for a full report")
+    mode = ImageMode(**manifest["image"])
+    ds = ShardDataset(root=root, manifest=manifest, image_mode=mode)
+    counts = [0]
+    for rec in manifest["shards"]:
+        base = root / "shards" / rec["name"]
+        try:
+            readers = {k: IndexedReader(f"{base}.{k}.bin", f"{base}.{k}.idx")
+                       for k in KINDS if f"{rec['name']}.{k}.bin" in rec["files"]}
+        except IndexedFormatError as e:
+            raise DatasetError(str(e)) from None
+        meta = np.load(f"{base}.meta.npy")
+        n = rec["samples"]
+        if not len(readers["text"]) == len(readers["image"]) == len(meta) == n:
+            raise DatasetError(f"{base}: text/image/meta hold {len(readers['text'])}/{len(readers['image'])}/"
+                               f"{len(meta)} samples, manifest says {n}")
+        ds.shards.append(Shard(rec["name"], readers["text"], readers["image"], readers.get("prompt"), meta))
+        counts.append(counts[-1] + n)
+    ds.offsets = np.asarray(counts, dtype=np.int64)
+    return ds
+
+
+def read_sample(ds: ShardDataset, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.void]:
+    """(image bytes, text ids, prompt ids or None, meta) of global sample `index`, CRC-checked."""
+    shard, i = ds.locate(index)
+    meta = shard.meta[i]
+    image, text = shard.image[i], shard.text[i]
+    if zlib.crc32(image) != int(meta["image_crc"]) or zlib.crc32(text.tobytes()) != int(meta["text_crc"]):
+        raise DatasetError(f"{ds.root}/shards/{shard.name}.*.bin: sample {i} fails its CRC check (corrupt data); "
+                           f"run `genlip-data verify {ds.root}`")
+    prompt = shard.prompt[i] if shard.prompt is not None and meta["prompt_len"] else None
+    return image, text, prompt, meta
