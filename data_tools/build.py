@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import shlex
 import shutil
 import sys
 import time
@@ -267,8 +268,12 @@ def run(args) -> int:
     opts = BuildOptions(image=mode, source=source, prompt=args.prompt, max_text_tokens=args.max_text_tokens,
                         tokenizer_file="tokenizer" + (".json" if args.tokenizer.suffix == ".json" else ".model"))
     inputs = expand_inputs(args.inputs)
-    command = "genlip-data build " + " ".join(str(p) for p in inputs) + f" --out {args.out} " + \
-        " ".join(f"--{k}={v}" for k, v in sorted(opts.to_dict().items()) if k != "tokenizer_file")
+    # The recorded command leaves out what only splits the work (so every array task records the same one)
+    # and the output directory (the dataset's own location).
+    per_task = {"shard_index", "num_shard_groups", "num_workers", "quiet", "run", "inputs", "out", "command"}
+    flags = [f"--{k.replace('_', '-')}={shlex.quote(str(v))}" for k, v in sorted(vars(args).items())
+             if k not in per_task and v is not None]
+    command = shlex.join(["genlip-data", "build", *map(str, inputs)]) + " " + " ".join(flags)
     build(inputs, args.out, args.tokenizer, opts, num_workers=args.num_workers, shard_index=args.shard_index,
           num_shard_groups=args.num_shard_groups, command=command, quiet=args.quiet)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_tools import build, tokenizer
+from data_tools import build, inspect_data, pack, tokenizer, verify
 from data_tools.sources import InputError
 from genlip.data.shards import DatasetError
 
@@ -13,7 +13,7 @@ from genlip.data.shards import DatasetError
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="genlip-data", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (tokenizer, build):
+    for module in (tokenizer, build, pack, verify, inspect_data):
         module.add_parser(sub)
     return ap
 

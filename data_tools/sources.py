@@ -38,7 +38,7 @@ class SourceOptions:
     image_column: str = "image"
     """Table column naming the image file (relative to the table) or holding its bytes."""
     key_column: str | None = None
-    """Table column with a sample key; default: the row number."""
+    """Table column with a sample key; rows without one (and the default) use the row number."""
 
 
 @dataclass
@@ -156,7 +156,8 @@ def iter_table(path: Path, opts: SourceOptions, *, captions_only: bool = False) 
         if isinstance(row, Skip):
             yield row
             continue
-        key = str(row.get(opts.key_column)) if opts.key_column else f"row{n}"
+        named = row.get(opts.key_column) if opts.key_column else None
+        key = str(named) if named is not None else f"row{n}"
         caption = row.get(opts.caption_field)
         if isinstance(caption, bytes):
             caption = _decode_text(caption, key)

@@ -46,3 +46,18 @@ def run_torchrun(script: str, nproc: int, out: Path, *args: str, timeout: int = 
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return json.loads(out.read_text())
+
+
+def make_raw_dataset(root: Path, *, shards: int = 3, per_shard: int = 30, size: int = 64, seed: int = 0,
+                     vocab_size: int = 300) -> tuple[list[Path], Path]:
+    """Synthetic img2dataset-style tar shards plus a sentencepiece tokenizer trained on their captions."""
+    from data_tools.tokenizer import iter_captions
+    from data_tools.sources import SourceOptions
+    from genlip.data.synthetic import write_webdataset_shards
+    from genlip.data.tokenizer import train_sentencepiece
+
+    tars = write_webdataset_shards(root / "raw", num_samples=shards * per_shard, samples_per_shard=per_shard,
+                                   seed=seed, size=size)
+    texts = ["Describe the image in detail."] * 5 + list(iter_captions(tars, SourceOptions()))
+    tok = train_sentencepiece(texts, root / "tok.model", vocab_size=vocab_size, model_type="bpe")
+    return tars, tok

@@ -117,7 +117,7 @@ def encode_image(img: Image.Image, mode: ImageMode) -> bytes:
     if mode.encoding == "raw":
         return np.asarray(img, dtype=np.uint8).tobytes()
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=mode.quality)
+    img.save(buf, format="JPEG", quality=mode.quality, subsampling=0)  # 4:4:4 keeps small text legible
     return buf.getvalue()
 
 

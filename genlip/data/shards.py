@@ -61,6 +61,8 @@ class ShardWriter:
 
     def __init__(self, shard_dir: Path, name: str, *, vocab_size: int, with_prompts: bool):
         self.dir, self.name, self.with_prompts = Path(shard_dir), name, with_prompts
+        for stale in self.dir.glob(f".{name}.*.tmp-*"):  # left by a killed writer of this shard
+            stale.unlink(missing_ok=True)
         self.tmp_tag = f".tmp-{os.getpid()}"
         self._writers = {"text": IndexedWriter(self._tmp(f"{name}.text.bin"), text_dtype(vocab_size)),
                          "image": IndexedWriter(self._tmp(f"{name}.image.bin"), np.uint8)}
@@ -192,14 +194,21 @@ def check_files(root: str | Path, manifest: dict, *, checksums: bool) -> list[st
     return defects
 
 
-def open_dataset(root: str | Path, *, check: str = "quick") -> ShardDataset:
+FULL_CHECK_BYTES = 2 << 30  # "auto" hashes every file of datasets up to this size
+
+
+def open_dataset(root: str | Path, *, check: str = "auto") -> ShardDataset:
     """Open a dataset for reading after checking it against its manifest.
 
     check: "full" (sha256 of every file), "quick" (every file present with its size, sha256 of the small
-    .idx/.npy files; corrupt .bin bytes are then caught by per-sample CRCs at read time) or "none".
+    .idx/.npy files; corrupt .bin bytes are then caught by per-sample CRCs at read time), "auto" (full up
+    to 2 GiB of data, quick above) or "none".
     """
     root = Path(root)
     manifest = load_manifest(root)
+    if check == "auto":
+        size = sum(f["bytes"] for rec in manifest["shards"] for f in rec["files"].values())
+        check = "full" if size <= FULL_CHECK_BYTES else "quick"
     if check != "none":
         defects = check_files(root, manifest, checksums=check == "full")
         if defects:

@@ -24,14 +24,16 @@ class PackedBatch:
     """One packed micro-batch."""
 
     pixels: torch.Tensor
-    """[N, C*p*p] float: patches of every image, row-major within an image, samples in (row, slot) order."""
+    """[N, C*p*p]: patches of every image, row-major within an image, samples in (row, slot) order; float in
+    [-1, 1], or uint8 0..255 (the loader's output, normalised by the model with mean = std = 0.5)."""
     tokens: torch.Tensor
     """[B, S] long: prompt, caption and end token ids at text positions; 0 at image and padding slots."""
     segments: torch.Tensor
     """[B, K, 4] int: (grid_h, grid_w, prompt_len, text_len) per sample; unused slots are all zero."""
 
     def to(self, device, dtype=None) -> "PackedBatch":
-        px = self.pixels.to(device=device, dtype=dtype) if dtype is not None else self.pixels.to(device)
+        cast = dtype is not None and self.pixels.is_floating_point()
+        px = self.pixels.to(device=device, dtype=dtype) if cast else self.pixels.to(device)
         return PackedBatch(px, self.tokens.to(device), self.segments.to(device))
 
 

@@ -75,7 +75,10 @@ class GenLIP(nn.Module):
         """[B, S, D]: patch embeddings at image slots, token embeddings at text slots, 0 at padding."""
         B, S = batch.tokens.shape
         w = self.patch_embed.weight
-        patches = F.linear(batch.pixels.to(w.dtype), w.flatten(1), self.patch_embed.bias)
+        pixels = batch.pixels.to(w.dtype)
+        if batch.pixels.dtype == torch.uint8:  # loader output: normalise here (mean = std = 0.5)
+            pixels = pixels * (2.0 / 255.0) - 1.0
+        patches = F.linear(pixels, w.flatten(1), self.patch_embed.bias)
         text = self.tok_embed(batch.tokens.reshape(-1)[layout.text_index])
         if self.in_proj is not None:
             text = self.in_proj(text)

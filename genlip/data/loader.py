@@ -1,0 +1,219 @@
+"""The training loader: packed rows from shard datasets, deterministic and resumable.
+
+Global row r of the run is a pure function of (datasets, weights, packing spec, r): the blend schedule maps
+r to (dataset i, row j of that dataset), and dataset i's packing plan maps j to (epoch, row of that
+epoch) and so to samples. Training step s consumes global rows [s*G, (s+1)*G) (G = global batch in
+rows); data-parallel rank d takes the contiguous slice d*G/D .. (d+1)*G/D of them, in micro-batches of
+B rows. The whole loader state is one integer, the number of global rows consumed, so a run resumes on
+any number of DP ranks as long as G is unchanged. Worker processes read, decode and patchify.
+
+Legend: G global rows per step, D data-parallel ranks, B rows per micro-batch, S slots per row,
+K samples per row at most.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from genlip.data.images import decode_stored
+from genlip.data.packing import PackingPlan, PackingSpec
+from genlip.data.shards import ShardDataset, manifest_hash, open_dataset, read_sample
+from genlip.model.batch import PackedBatch
+
+BLEND_BLOCK = 1000  # the blend schedule repeats every BLEND_BLOCK rows
+
+
+@dataclass
+class LoaderSpec:
+    """What the loader reads and how it slices the global row stream."""
+
+    datasets: list[str]
+    """Dataset directories."""
+    weights: list[float] = field(default_factory=list)
+    """Blend weights (default: equal)."""
+    packing: PackingSpec = field(default_factory=PackingSpec)
+    """Row budget (= sequence length), samples per row, seed."""
+    global_rows: int = 1
+    """Rows per optimizer step over all data-parallel ranks (G)."""
+    micro_rows: int = 1
+    """Rows per micro-batch on one rank (B)."""
+    num_workers: int = 2
+    """Worker processes per rank that read, decode and patchify."""
+    check: str = "auto"
+    """Integrity check at start-up: full (sha256 of every file), quick (sizes, index hashes), auto, none."""
+
+
+def blend_schedule(weights: list[float], block: int = BLEND_BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dataset [block], rank within its dataset in the block [block], rows per dataset per block).
+
+    Rows per dataset are the largest-remainder rounding of block*weights; within a block they are
+    interleaved greedily (the dataset furthest behind its share goes next), so any prefix is close to
+    the weights."""
+    w = np.asarray(weights, dtype=np.float64)
+    if len(w) == 0 or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"blend weights {weights} must be non-negative with a positive sum")
+    w = w / w.sum()
+    counts = np.floor(w * block).astype(np.int64)
+    for i in np.argsort(-(w * block - counts), kind="stable")[: block - counts.sum()]:
+        counts[i] += 1
+    which = np.zeros(block, dtype=np.int64)
+    rank = np.zeros(block, dtype=np.int64)
+    taken = np.zeros(len(w), dtype=np.int64)
+    for r in range(block):
+        i = int(np.argmax(np.where(taken < counts, counts * (r + 1) / block - taken, -np.inf)))
+        which[r], rank[r] = i, taken[i]
+        taken[i] += 1
+    return which, rank, counts
+
+
+class RowSource:
+    """Rows of one dataset across epochs: dataset row j -> samples (global indices of the dataset)."""
+
+    def __init__(self, ds: ShardDataset, spec: PackingSpec):
+        self.ds = ds
+        prompt_len = len(ds.manifest["prompt"]["ids"])
+        self.plan = PackingPlan(ds.root, spec, ds.lengths(prompt_len), manifest_hash(ds.root))
+        self._epoch_starts = [0]  # first dataset row of each epoch computed so far
+
+    def locate(self, j: int) -> tuple[int, int]:
+        """(epoch, row in epoch) of dataset row j."""
+        while self._epoch_starts[-1] <= j:
+            e = len(self._epoch_starts) - 1
+            self._epoch_starts.append(self._epoch_starts[-1] + self.plan.rows_in_epoch(e))
+        e = int(np.searchsorted(self._epoch_starts, j, side="right")) - 1
+        return e, j - self._epoch_starts[e]
+
+    def samples(self, j: int) -> np.ndarray:
+        epoch, row = self.locate(j)
+        offsets, samples = self.plan.epoch(epoch)
+        return np.asarray(samples[offsets[row]:offsets[row + 1]])
+
+
+@dataclass
+class RowInfo:
+    """Where a loaded row came from (for logs, resume checks and tests)."""
+
+    global_row: int
+    dataset: int
+    samples: np.ndarray  # global sample indices within that dataset
+    key_hashes: np.ndarray
+
+
+class PackedRows:
+    """Global row r -> one packed row (pixels uint8 patches, tokens, segments) with its `RowInfo`."""
+
+    def __init__(self, spec: LoaderSpec):
+        self.spec = spec
+        self.datasets = [open_dataset(p, check=spec.check) for p in spec.datasets]
+        modes = {(d.image_mode.patch_size,) for d in self.datasets}
+        if len(modes) > 1:
+            raise ValueError("blended datasets must share a patch size")
+        self.patch = self.datasets[0].image_mode.patch_size
+        self.sources = [RowSource(d, spec.packing) for d in self.datasets]
+        weights = spec.weights or [1.0] * len(self.datasets)
+        if len(weights) != len(self.datasets):
+            raise ValueError(f"{len(weights)} blend weights for {len(self.datasets)} datasets")
+        self.which, self.rank, self.per_block = blend_schedule(weights)
+
+    def locate(self, r: int) -> tuple[int, int]:
+        """(dataset, dataset row) of global row r."""
+        block, pos = divmod(r, BLEND_BLOCK)
+        i = int(self.which[pos])
+        return i, block * int(self.per_block[i]) + int(self.rank[pos])
+
+    def row(self, r: int) -> tuple[dict, RowInfo]:
+        i, j = self.locate(r)
+        ds = self.datasets[i]
+        default_prompt = np.asarray(ds.manifest["prompt"]["ids"], dtype=np.int64)
+        S, K = self.spec.packing.budget, self.spec.packing.max_samples_per_row
+        idx = self.sources[i].samples(j)
+        tokens = np.zeros(S, dtype=np.int64)
+        segments = np.zeros((K, 4), dtype=np.int64)
+        patches, keys, pos = [], [], 0
+        for k, s in enumerate(idx):
+            image, text, prompt, meta = read_sample(ds, int(s))
+            grid = (int(meta["grid_h"]), int(meta["grid_w"]))
+            prompt = default_prompt if prompt is None else prompt
+            patches.append(_uint8_patches(decode_stored(image, grid, ds.image_mode), self.patch))
+            pos += grid[0] * grid[1]
+            tokens[pos:pos + len(prompt)] = prompt
+            tokens[pos + len(prompt):pos + len(prompt) + len(text)] = text
+            pos += len(prompt) + len(text)
+            segments[k] = (grid[0], grid[1], len(prompt), len(text))
+            keys.append(int(meta["key_hash"]))
+        pixels = np.concatenate(patches) if patches else np.zeros((0, 3 * self.patch**2), np.uint8)
+        info = RowInfo(r, i, idx, np.asarray(keys, dtype=np.uint64))
+        return {"pixels": pixels, "tokens": tokens, "segments": segments}, info
+
+
+def _uint8_patches(arr: np.ndarray, patch: int) -> np.ndarray:
+    """uint8 [h*w, 3*p*p] patches laid out (C, p, p); normalised on the device by the model."""
+    H, W, C = arr.shape
+    h, w = H // patch, W // patch
+    return arr.reshape(h, patch, w, patch, C).transpose(0, 2, 4, 1, 3).reshape(h * w, C * patch * patch)
+
+
+class MicroBatches(torch.utils.data.Dataset):
+    """Micro-batch k of one data-parallel rank -> (PackedBatch, [RowInfo])."""
+
+    def __init__(self, rows: PackedRows, *, dp_rank: int, dp_size: int):
+        spec = rows.spec
+        if spec.global_rows % (dp_size * spec.micro_rows):
+            raise ValueError(f"global batch of {spec.global_rows} rows is not divisible by dp ({dp_size}) x "
+                             f"micro-batch rows ({spec.micro_rows})")
+        self.rows, self.dp_rank, self.dp_size = rows, dp_rank, dp_size
+        self.per_rank = spec.global_rows // dp_size
+        self.accum = self.per_rank // spec.micro_rows  # micro-batches per step (gradient accumulation)
+
+    def global_rows(self, k: int) -> range:
+        step, m = divmod(k, self.accum)
+        first = step * self.rows.spec.global_rows + self.dp_rank * self.per_rank + m * self.rows.spec.micro_rows
+        return range(first, first + self.rows.spec.micro_rows)
+
+    def __getitem__(self, k: int):
+        loaded = [self.rows.row(r) for r in self.global_rows(k)]
+        return collate([d for d, _ in loaded]), [info for _, info in loaded]
+
+    def __len__(self):  # effectively unbounded; the trainer decides when to stop
+        return 2**62
+
+
+def collate(rows: list[dict]) -> PackedBatch:
+    return PackedBatch(torch.from_numpy(np.concatenate([r["pixels"] for r in rows])),
+                       torch.from_numpy(np.stack([r["tokens"] for r in rows])),
+                       torch.from_numpy(np.stack([r["segments"] for r in rows]).astype(np.int32)))
+
+
+def _identity(x):
+    return x
+
+
+class _From(torch.utils.data.Sampler):
+    def __init__(self, start: int):
+        self.start = start
+
+    def __iter__(self):
+        k = self.start
+        while True:
+            yield k
+            k += 1
+
+
+def build_loader(spec: LoaderSpec, *, dp_rank: int = 0, dp_size: int = 1, rows_consumed: int = 0,
+                 pin_memory: bool = False):
+    """An iterator of (PackedBatch, [RowInfo]) for this rank, starting after `rows_consumed` global rows."""
+    if rows_consumed % spec.global_rows:
+        raise ValueError(f"rows_consumed={rows_consumed} is not a whole number of steps of {spec.global_rows} rows; "
+                         "resume needs the global batch the checkpoint was made with")
+    micro = MicroBatches(PackedRows(spec), dp_rank=dp_rank, dp_size=dp_size)
+    start = rows_consumed // spec.global_rows * micro.accum
+    return torch.utils.data.DataLoader(micro, batch_size=None, sampler=_From(start), num_workers=spec.num_workers,
+                                       collate_fn=_identity, pin_memory=pin_memory,
+                                       persistent_workers=spec.num_workers > 0,
+                                       prefetch_factor=4 if spec.num_workers > 0 else None)
+
+
+__all__ = ["LoaderSpec", "MicroBatches", "PackedRows", "RowInfo", "blend_schedule", "build_loader", "collate"]
