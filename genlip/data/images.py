@@ -126,7 +126,8 @@ def decode_stored(data, grid: tuple[int, int], mode: ImageMode) -> np.ndarray:
     H, W = grid[0] * mode.patch_size, grid[1] * mode.patch_size
     if mode.encoding == "raw":
         return np.frombuffer(data, dtype=np.uint8).reshape(H, W, 3)
-    arr = np.asarray(Image.open(io.BytesIO(bytes(data))).convert("RGB"))
+    img = Image.open(io.BytesIO(data))
+    arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     if arr.shape[:2] != (H, W):
         raise ValueError(f"stored image is {arr.shape[1]}x{arr.shape[0]}, metadata says {W}x{H}")
     return arr
