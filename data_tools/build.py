@@ -112,6 +112,7 @@ def build_shard(input_path: Path, name: str, out: Path, opts: BuildOptions, prog
         raise
     if progress is not None:
         progress.put((pending, sum(skipped.values()) - reported_skips))
+        progress.put(None)  # this shard is finished
     return record
 
 
@@ -198,16 +199,20 @@ def build(inputs: list[Path], out: Path, tokenizer: Path, opts: BuildOptions, *,
         ctx = mp.get_context("fork")
         with ctx.Manager() as manager:
             queue = manager.Queue()
-            bar = tqdm(desc="samples", unit=" samples", disable=quiet, dynamic_ncols=True)
+            # ETA counts shards (sample counts of tar shards are unknown until read); postfix: samples.
+            bar = tqdm(total=len(todo), desc="shards", unit=" shard", disable=quiet, dynamic_ncols=True)
             with ctx.Pool(min(num_workers, len(todo))) as pool:
                 result = pool.map_async(_worker, [(p, n, out, opts, queue) for p, n in todo], chunksize=1)
-                skipped = 0
+                samples = skipped = 0
                 while not (result.ready() and queue.empty()):
                     while not queue.empty():
-                        n, s = queue.get()
-                        skipped += s
-                        bar.update(n)
-                        bar.set_postfix(skipped=skipped, refresh=False)
+                        msg = queue.get()
+                        if msg is None:
+                            bar.update(1)
+                            continue
+                        samples, skipped = samples + msg[0], skipped + msg[1]
+                        rate = samples / max(time.perf_counter() - t0, 1e-9)
+                        bar.set_postfix_str(f"{samples} samples, {rate:.0f}/s, {skipped} skipped")
                     time.sleep(0.1)
                 result.get()
             bar.close()

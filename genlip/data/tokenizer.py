@@ -38,7 +38,8 @@ class Tokenizer:
             self._tok = HFTokenizer.from_file(str(self.path))
             self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
             end = self._tok.token_to_id(END_MARKER)
-            self.end_ids = [end] + self.encode("\n") if end is not None else []
+            newline = self._tok.encode("\n", add_special_tokens=False).ids  # not encode(): it strips
+            self.end_ids = [end] + newline if end is not None else []
         else:
             import sentencepiece as spm
 

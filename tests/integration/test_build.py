@@ -210,3 +210,28 @@ def test_missing_inputs_and_bad_arguments_are_clear_errors(raw, tmp_path, capsys
     assert data_main(["build", str(tars[0]), "--out", str(out), "--tokenizer", str(tmp_path / "t.model")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_hf_tokenizer_json_with_two_token_end_marker(raw, tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
+
+    _, tars, _ = raw
+    from data_tools.sources import SourceOptions
+    from data_tools.tokenizer import iter_captions
+
+    hf = HFTokenizer(models.BPE(unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator(list(iter_captions(tars, SourceOptions())), trainer)
+    path = tmp_path / "tokenizer.json"
+    hf.save(str(path))
+    tok = Tokenizer(path)
+    assert tok.kind == "hf" and len(tok.end_ids) == 2 and tok.end_ids[0] == hf.token_to_id("<|im_end|>")
+    out = tmp_path / "ds"
+    assert data_main(["build", str(tars[0]), "--out", str(out), "--tokenizer", str(path), "--image-size", "64",
+                      "--quiet"]) == 0
+    ds = open_dataset(out)
+    _, text, _, _ = read_sample(ds, 0)
+    assert text[-2:].tolist() == tok.end_ids and (out / "tokenizer.json").is_file()
