@@ -48,70 +48,57 @@ def _linear(in_f: int, out_f: int, std: float) -> nn.Linear:
     return layer
 
 
-class GenLIP(nn.Module):
-    def __init__(self, cfg: ModelConfig, kit=None):
+class Embed(nn.Module):
+    """Patch embedding (Conv2d weights, applied as a matmul on flattened patches) and token embedding."""
+
+    def __init__(self, cfg: ModelConfig, kit):
         super().__init__()
-        cfg.validate()
-        kit = kit or PlainKit()
-        self.cfg, self.kit = cfg, kit
         D, E, p = cfg.width, cfg.text_width, cfg.patch_size
+        self.width = D
         self.patch_embed = nn.Conv2d(cfg.channels, D, kernel_size=p, stride=p)
         set_init(self.patch_embed.weight, "normal", cfg.init_std)
         set_init(self.patch_embed.bias, "const", 0.0)
         self.tok_embed = kit.embedding(cfg.vocab_size, E, std=cfg.init_std)
         self.in_proj = _linear(E, D, cfg.init_std) if E != D else None
-        self.blocks = nn.ModuleList(Block(cfg, kit) for _ in range(cfg.num_layers))
-        self.ln_post = build_layer_norm(D, cfg.ln_eps)
-        self.proj = _linear(D, E, cfg.init_std) if E != D else None
-        self.lm_head = kit.column(E, cfg.vocab_size, bias=False, std=cfg.init_std)
-        self.activation_checkpointing = False
-        self.varlen_fn = None  # test hook: a stand-in for flash_attn_varlen_func
 
-    # ---- pieces (pipeline stages call these too) -------------------------------------------------
-    def layout(self, batch: PackedBatch) -> Layout:
-        return make_layout(batch.segments, batch.tokens.shape[1], device=batch.tokens.device)
+    def text(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.tok_embed(tokens)
+        return self.in_proj(x) if self.in_proj is not None else x
 
-    def embed(self, batch: PackedBatch, layout: Layout) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, tokens: torch.Tensor, layout: Layout) -> torch.Tensor:
         """[B, S, D]: patch embeddings at image slots, token embeddings at text slots, 0 at padding."""
-        B, S = batch.tokens.shape
+        B, S = tokens.shape
         w = self.patch_embed.weight
-        pixels = batch.pixels.to(w.dtype)
-        if batch.pixels.dtype == torch.uint8:  # loader output: normalise here (mean = std = 0.5)
-            pixels = pixels * (2.0 / 255.0) - 1.0
-        patches = F.linear(pixels, w.flatten(1), self.patch_embed.bias)
-        text = self.tok_embed(batch.tokens.reshape(-1)[layout.text_index])
-        if self.in_proj is not None:
-            text = self.in_proj(text)
-        x = patches.new_zeros(B * S, self.cfg.width)
+        px = pixels.to(w.dtype)
+        if pixels.dtype == torch.uint8:  # loader output: normalise here (mean = std = 0.5)
+            px = px * (2.0 / 255.0) - 1.0
+        patches = F.linear(px, w.flatten(1), self.patch_embed.bias)
+        text = self.text(tokens.reshape(-1)[layout.text_index])
+        x = patches.new_zeros(B * S, self.width)
         x = x.index_copy(0, layout.image_index, patches).index_copy(0, layout.text_index, text.to(x.dtype))
         return x.view(B, S, -1)
 
-    def rope(self, position_ids: torch.Tensor, dtype: torch.dtype):
-        c = self.cfg
-        return make_rope(position_ids, head_dim=c.head_dim, section=c.mrope_section, theta=c.rope_theta,
-                         dtype=dtype)
 
-    def attention(self, layout: Layout, device) -> callable:
-        backend = resolve_backend(self.cfg.attn_backend, device)
-        if self.varlen_fn is not None:
-            backend = "flash"
-        return make_attention(layout, backend, varlen_fn=self.varlen_fn)
+class Head(nn.Module):
+    """Final LayerNorm (the deployed feature), text projection and the untied LM head."""
 
-    def run_blocks(self, x, rope, attend, blocks=None, caches=None):
-        for i, block in enumerate(self.blocks if blocks is None else blocks):
-            cache = caches[i] if caches is not None else None
-            if self.activation_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, rope, attend, cache, use_reentrant=False)
-            else:
-                x = block(x, rope, attend, cache)
-        return x
+    def __init__(self, cfg: ModelConfig, kit):
+        super().__init__()
+        D, E = cfg.width, cfg.text_width
+        self.kit = kit
+        self.ln_post = build_layer_norm(D, cfg.ln_eps)
+        self.proj = _linear(D, E, cfg.init_std) if E != D else None
+        self.lm_head = kit.column(E, cfg.vocab_size, bias=False, std=cfg.init_std)
 
-    def loss(self, h: torch.Tensor, batch: PackedBatch, layout: Layout) -> LossOutput:
+    def local_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """LM head on ln_post features [..., D]; the vocab dim is this TP rank's slice."""
+        return self.lm_head(self.proj(features) if self.proj is not None else features)
+
+    def loss(self, h: torch.Tensor, tokens: torch.Tensor, layout: Layout) -> LossOutput:
         """Caption/end-token loss from final hidden states h [B, S, D] (before ln_post)."""
         B = h.shape[0]
-        sel = self.ln_post(h.reshape(-1, h.shape[-1])[layout.target_index])  # [M, D]
-        logits = self.lm_head(self.proj(sel) if self.proj is not None else sel)  # [M, V(/tp)]
-        targets = batch.tokens.reshape(-1)[layout.target_index + 1]
+        logits = self.local_logits(self.ln_post(h.reshape(-1, h.shape[-1])[layout.target_index]))  # [M, V(/tp)]
+        targets = tokens.reshape(-1)[layout.target_index + 1]
         tok_loss = self.kit.cross_entropy(logits, targets)
         row_sum = tok_loss.new_zeros(B).index_add(0, layout.target_row, tok_loss)
         row_cnt = torch.bincount(layout.target_row, minlength=B)
@@ -119,46 +106,81 @@ class GenLIP(nn.Module):
         loss = (row_sum[has] / row_cnt[has]).mean() if bool(has.any()) else tok_loss.sum()
         return LossOutput(loss, row_sum.detach(), row_cnt)
 
+
+class GenLIP(nn.Module):
+    def __init__(self, cfg: ModelConfig, kit=None):
+        super().__init__()
+        cfg.validate()
+        kit = kit or PlainKit()
+        self.cfg, self.kit = cfg, kit
+        self.embed = Embed(cfg, kit)
+        self.blocks = nn.ModuleList(Block(cfg, kit) for _ in range(cfg.num_layers))
+        self.head = Head(cfg, kit)
+        self.activation_checkpointing = False
+        self.varlen_fn = None  # test hook: a stand-in for flash_attn_varlen_func
+
+    # ---- pieces (pipeline stages use the same ones) ---------------------------------------------
+    def layout(self, batch: PackedBatch) -> Layout:
+        return make_layout(batch.segments, batch.tokens.shape[1], device=batch.tokens.device)
+
+    def context(self, layout: Layout, dtype: torch.dtype):
+        """(rope, attend) shared by all blocks of one forward."""
+        return block_context(self.cfg, layout, dtype, varlen_fn=self.varlen_fn)
+
+    def run_blocks(self, x, rope, attend, caches=None):
+        for i, block in enumerate(self.blocks):
+            cache = caches[i] if caches is not None else None
+            if self.activation_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, attend, cache, use_reentrant=False)
+            else:
+                x = block(x, rope, attend, cache)
+        return x
+
     # ---- entry points ------------------------------------------------------------------------------
     def forward(self, batch: PackedBatch) -> LossOutput:
         layout = self.layout(batch)
-        x = self.embed(batch, layout)
-        rope = self.rope(layout.position_ids, x.dtype)
-        x = self.run_blocks(x, rope, self.attention(layout, x.device))
-        return self.loss(x, batch, layout)
+        x = self.embed(batch.pixels, batch.tokens, layout)
+        x = self.run_blocks(x, *self.context(layout, x.dtype))
+        return self.head.loss(x, batch.tokens, layout)
 
     def hidden(self, batch: PackedBatch) -> tuple[torch.Tensor, Layout]:
         """ln_post output [B, S, D] at every slot, with the layout."""
         layout = self.layout(batch)
-        x = self.embed(batch, layout)
-        x = self.run_blocks(x, self.rope(layout.position_ids, x.dtype), self.attention(layout, x.device))
-        return self.ln_post(x), layout
+        x = self.embed(batch.pixels, batch.tokens, layout)
+        return self.head.ln_post(self.run_blocks(x, *self.context(layout, x.dtype))), layout
 
     def features(self, batch: PackedBatch) -> torch.Tensor:
         """[N, D] final-LN patch features, in the order of `batch.pixels` (what an MLLM consumes)."""
         h, layout = self.hidden(batch)
         return h.reshape(-1, h.shape[-1])[layout.image_index]
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary logits from ln_post features [..., D]."""
-        return self.kit.gather_vocab(self.lm_head(self.proj(h) if self.proj is not None else h))
+        return self.kit.gather_vocab(self.head.local_logits(features))
 
     def prefill(self, batch: PackedBatch, caches: list[KVCache]) -> torch.Tensor:
         """Run image + prompt of one sample per row, filling `caches`; logits [B, V] at each row's last slot."""
         layout = self.layout(batch)
-        x = self.embed(batch, layout)
-        x = self.run_blocks(x, self.rope(layout.position_ids, x.dtype), self.attention(layout, x.device),
-                            caches=caches)
-        return self.logits(self.ln_post(x[:, -1]))
+        x = self.embed(batch.pixels, batch.tokens, layout)
+        x = self.run_blocks(x, *self.context(layout, x.dtype), caches=caches)
+        return self.logits(self.head.ln_post(x[:, -1]))
 
     def decode(self, tokens: torch.Tensor, position: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
         """One text token per row: tokens [B], MRoPE position [B] (same on all axes); logits [B, V]."""
-        x = self.tok_embed(tokens[:, None])
-        if self.in_proj is not None:
-            x = self.in_proj(x)
+        x = self.embed.text(tokens[:, None])
         pos = position.view(1, -1, 1).expand(3, -1, 1)
-        x = self.run_blocks(x, self.rope(pos, x.dtype), attend_all, caches=caches)
-        return self.logits(self.ln_post(x[:, -1]))
+        c = self.cfg
+        rope = make_rope(pos, head_dim=c.head_dim, section=c.mrope_section, theta=c.rope_theta, dtype=x.dtype)
+        x = self.run_blocks(x, rope, attend_all, caches=caches)
+        return self.logits(self.head.ln_post(x[:, -1]))
+
+
+def block_context(cfg: ModelConfig, layout: Layout, dtype: torch.dtype, *, varlen_fn=None):
+    """(rope cos/sin, attention function) for the blocks of one forward pass over `layout`."""
+    rope = make_rope(layout.position_ids, head_dim=cfg.head_dim, section=cfg.mrope_section, theta=cfg.rope_theta,
+                     dtype=dtype)
+    backend = "flash" if varlen_fn is not None else resolve_backend(cfg.attn_backend, layout.sample_id.device)
+    return rope, make_attention(layout, backend, varlen_fn=varlen_fn)
 
 
 def build_model(cfg: ModelConfig, *, kit=None, seed: int | None = 0, device=None, dtype=None) -> GenLIP:

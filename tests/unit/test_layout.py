@@ -92,9 +92,8 @@ def test_no_dependency_across_samples(backend):
     batch = make_batch(MIXED_SEGMENTS, S, cfg.vocab_size, cfg.patch_dim)
     layout = make_layout(batch.segments, S)
     mask = layout.dense_mask()
-    x0 = model.embed(batch, layout).detach()
-    rope = model.rope(layout.position_ids, x0.dtype)
-    attend = model.attention(layout, x0.device)
+    x0 = model.embed(batch.pixels, batch.tokens, layout).detach()
+    rope, attend = model.context(layout, x0.dtype)
     real = layout.sample_id >= 0
     for b, q in [(0, 0), (0, 7), (0, 12), (0, 20), (0, 30), (1, 3), (1, 10), (1, 19)]:
         assert real[b, q]

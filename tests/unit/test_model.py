@@ -62,7 +62,7 @@ def test_loss_reaches_only_target_slots():
     batch = make_batch(MIXED_SEGMENTS, S, cfg.vocab_size, cfg.patch_dim)
     layout = make_layout(batch.segments, S)
     h = torch.randn(2, S, cfg.width, requires_grad=True)
-    model.loss(h, batch, layout).loss.backward()
+    model.head.loss(h, batch.tokens, layout).loss.backward()
     got = set((h.grad.abs().sum(-1).flatten() > 0).nonzero().flatten().tolist())
     assert got == set(layout.target_index.tolist())
     # prompt and image slots (except the one before the first caption token) never get loss gradient
@@ -137,12 +137,12 @@ def test_init_follows_reference_rules():
     assert attn.q_proj.weight.abs().max() <= bound_q
     assert attn.q_proj.weight.std().item() == pytest.approx(bound_q / math.sqrt(3), rel=0.05)
     assert attn.k_proj.weight.std().item() == pytest.approx(math.sqrt(6 / (2 * D)) / math.sqrt(3), rel=0.05)
-    for w in (mlp.fc_in.weight, mlp.fc2.weight, model.tok_embed.weight, model.lm_head.weight,
-              model.patch_embed.weight, model.in_proj.weight, model.proj.weight):
+    for w in (mlp.fc_in.weight, mlp.fc2.weight, model.embed.tok_embed.weight, model.head.lm_head.weight,
+              model.embed.patch_embed.weight, model.embed.in_proj.weight, model.head.proj.weight):
         assert w.std().item() == pytest.approx(0.02, rel=0.05)
-    for b in (attn.q_proj.bias, attn.out_proj.bias, mlp.fc_in.bias, model.patch_embed.bias, model.ln_post.bias):
+    for b in (attn.q_proj.bias, attn.out_proj.bias, mlp.fc_in.bias, model.embed.patch_embed.bias, model.head.ln_post.bias):
         assert torch.count_nonzero(b) == 0
-    assert torch.all(model.blocks[1].ls2.gamma == 0.1) and torch.all(model.ln_post.weight == 1)
+    assert torch.all(model.blocks[1].ls2.gamma == 0.1) and torch.all(model.head.ln_post.weight == 1)
     same = build_model(cfg, seed=7)
     other = build_model(cfg, seed=8)
     assert torch.equal(same.blocks[2].mlp.fc2.weight, model.blocks[2].mlp.fc2.weight)
@@ -178,8 +178,8 @@ def test_released_sizes_match_spec(name, trunk):
     with torch.device("meta"):
         model = GenLIP(cfg)
     assert sum(p.numel() for p in model.parameters()) == counts.total
-    text = ("tok_embed", "in_proj", "proj", "lm_head")
-    assert sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] not in text) == counts.trunk
+    trunk = ("embed.patch_embed.", "blocks.", "head.ln_post.")
+    assert sum(p.numel() for n, p in model.named_parameters() if n.startswith(trunk)) == counts.trunk
 
 
 def test_flops_count_attention_pairs():
