@@ -1,0 +1,1 @@
+"""The training application: engine set-up, the loop, checkpoints, metrics; `genlip-train`."""

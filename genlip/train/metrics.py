@@ -1,0 +1,70 @@
+"""Throughput, FLOPs and MFU of a step, peak tables, and the console + TensorBoard logger."""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+import torch
+
+from genlip.info import train_flops_per_sample
+from genlip.model.config import ModelConfig
+
+# Dense bf16 peak TFLOP/s per device (vendor figures, no sparsity).
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0,
+                    "A10": 125.0, "V100": 125.0, "B200": 2250.0, "GB200": 2500.0, "MI300X": 1307.0}
+
+
+def peak_tflops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def batch_stats(segments: torch.Tensor, cfg: ModelConfig) -> tuple[int, int, float]:
+    """(samples, real tokens, training matmul FLOPs) of a micro-batch's segment table."""
+    seg = segments.detach().to("cpu", torch.long).reshape(-1, 4)
+    seg = seg[(seg[:, 0] * seg[:, 1]) > 0]
+    flops = sum(train_flops_per_sample(cfg, patches=int(h * w), prompt_tokens=int(p), caption_tokens=int(c))
+                for h, w, p, c in seg.tolist())
+    return len(seg), int((seg[:, 0] * seg[:, 1] + seg[:, 2] + seg[:, 3]).sum()), flops
+
+
+def memory_gib() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # peak RSS (KiB on Linux)
+
+
+class Logger:
+    """Rank-0 console lines, TensorBoard scalars and a JSONL copy of every logged record."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.tb = None
+        self.jsonl = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+            self.jsonl = open(run_dir / "metrics.jsonl", "a")
+
+    def print(self, msg: str) -> None:
+        if self.enabled:
+            print(msg, flush=True)
+
+    def scalars(self, step: int, samples: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        for k, v in values.items():
+            if v is not None:
+                self.tb.add_scalar(k, v, global_step=samples)
+        self.jsonl.write(json.dumps({"step": step, "samples": samples, **values}) + "\n")
+        self.jsonl.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()
+            self.jsonl.close()

@@ -1,0 +1,427 @@
+"""genlip-train: train GenLIP from a YAML run config on 1 CPU process or many GPUs.
+
+    genlip-train CONFIG.yaml [key=value ...]           # one process
+    torchrun --nproc_per_node 8 -m genlip.train.trainer CONFIG.yaml parallel.tp=2
+    srun python -m genlip.train.trainer CONFIG.yaml    # ranks from SLURM variables
+
+TP from megatron-core, PP from DeepSpeed's pipeline engine, DP with DeepSpeed ZeRO. The schedule and
+the logs count samples. Checkpoints every `train.save_interval` steps; the run resumes from the newest
+complete checkpoint in `train.output_dir` by itself. SIGTERM / SIGUSR1 or `train.time_limit_minutes`
+checkpoint and exit with code 75 (requeue); too many non-finite steps in a row checkpoint and exit 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from genlip import __version__
+from genlip.config import Config, ConfigError, field_help, load_config, padded_vocab, validate
+from genlip.data.loader import LoaderSpec, MicroBatches, PackedRows, build_loader
+from genlip.data.packing import PackingSpec
+from genlip.data.shards import load_manifest, manifest_hash
+from genlip.info import count_params
+from genlip.model.genlip import GenLIP
+from genlip.model.init import init_weights, load_full_state_dict
+from genlip.parallel.pipeline import build_pipeline_model, canonical_name, pipeline_batch
+from genlip.train.checkpoint import (check_resume_compatible, latest_checkpoint, load_checkpoint,
+                                     save_checkpoint)
+from genlip.train.ds_config import build_ds_config
+from genlip.train.export import consolidated_state_dict, load_model_file, save_model
+from genlip.train.metrics import Logger, batch_stats, memory_gib, peak_tflops
+from genlip.train.schedule import lr_at
+from megatron_ext import (MegatronMpu, TensorParallelKit, assert_groups_match, destroy_parallel, dp_rank,
+                          dp_world_size, init_parallel, pp_rank, tp_rank)
+
+EXIT_REQUEUE = 75
+EXIT_BAD_STEPS = 3
+EXIT_CONFIG = 2
+
+
+def set_env_from_launcher() -> None:
+    """Fill torch.distributed's variables for srun and for a bare single process."""
+    env = os.environ
+    if "RANK" not in env and "SLURM_PROCID" in env:
+        env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    if "RANK" not in env:
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in env:
+        if env["WORLD_SIZE"] != "1":
+            raise RuntimeError("MASTER_PORT is not set: launch with torchrun, the deepspeed launcher, or srun via "
+                               "run_scripts/slurm (which exports MASTER_ADDR/MASTER_PORT)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            env["MASTER_PORT"] = str(s.getsockname()[1])
+
+
+def code_version() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=5)
+        if rev.returncode == 0:
+            return f"{__version__}+{rev.stdout.strip()}"
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return __version__
+
+
+class Flags:
+    """Signals turn into a flag the loop checks at step boundaries."""
+
+    def __init__(self):
+        self.stop = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.stop = True
+
+
+def _all_reduce(value: float, op=dist.ReduceOp.SUM, group=None) -> float:
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=op, group=group)
+    return float(t.item())
+
+
+def _param_groups(module, weight_decay: float):
+    decay, no_decay = [], []
+    for _, p in module.named_parameters():
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        import deepspeed
+
+        self.cfg = cfg
+        p, t = cfg.parallel, cfg.train
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        world = int(os.environ["WORLD_SIZE"])
+        # Everything that can be checked before a process group exists is checked now.
+        manifests = [load_manifest(d) for d in cfg.data.datasets]
+        if not manifests:
+            raise ConfigError("data.datasets is empty: give at least one dataset directory made by genlip-data build")
+        vocab = manifests[0]["tokenizer"]["vocab_size"]
+        if any(m["tokenizer"]["sha256"] != manifests[0]["tokenizer"]["sha256"] for m in manifests):
+            raise ConfigError("data.datasets were built with different tokenizers")
+        self.model_cfg = validate(cfg, world_size=world,
+                                  vocab_size=padded_vocab(vocab, cfg.data.pad_vocab_to))
+        if self.model_cfg.vocab_size < vocab:
+            raise ConfigError(f"model.vocab_size={self.model_cfg.vocab_size} is smaller than the tokenizer's {vocab}")
+
+        init_parallel(tp=p.tp, pp=p.pp, backend=backend)
+        deepspeed.init_distributed(dist_backend=backend)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.dp, self.dp_rank, self.pp_rank, self.tp_rank = dp_world_size(), dp_rank(), pp_rank(), tp_rank()
+        self.run_dir = Path(t.output_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        if self.rank == 0:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(json.dumps(cfg.to_dict(), indent=1))
+        dist.barrier()
+        self.log = Logger(self.run_dir, enabled=self.rank == 0)
+        self.accum = t.global_batch_rows // (self.dp * t.micro_batch_rows)
+        torch.manual_seed(t.seed + self.dp_rank)  # DropPath: same draws in a TP group, different per replica
+
+        kit = TensorParallelKit()
+        if p.pp > 1:
+            module = build_pipeline_model(self.model_cfg, kit, pp=p.pp, tp=p.tp, dp=self.dp,
+                                          partition=p.pipe_partition,
+                                          checkpoint_interval=1 if t.activation_checkpointing else 0)
+            self.name_map = lambda n: canonical_name(n, self.model_cfg.num_layers)
+        else:
+            module = GenLIP(self.model_cfg, kit)
+            module.activation_checkpointing = t.activation_checkpointing
+            self.name_map = None
+        init_weights(module, t.seed, name_map=self.name_map)
+        if t.init_from:
+            self._init_from(module, Path(t.init_from))
+        self.params_local = sum(q.numel() for q in module.parameters())
+        ds_config = build_ds_config(cfg, dp=self.dp)
+        if self.rank == 0:
+            (self.run_dir / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=1))
+        self.engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=_param_groups(module, cfg.optim.weight_decay),
+                                                    config=ds_config, mpu=None if p.pp > 1 else MegatronMpu())
+        if p.pp > 1:
+            assert_groups_match(self.engine.grid)
+        self.device = self.engine.device
+        self.datasets_id = [manifest_hash(d) for d in cfg.data.datasets]
+        self.state = {"step": 0, "samples": 0, "rows": 0, "tokens": 0, "skipped_steps": 0}
+
+    # ---- set-up helpers --------------------------------------------------------------------------
+    def _init_from(self, module, path: Path) -> None:
+        """Stage 2: start from exported weights (a .safetensors file or a run directory's final export)."""
+        if path.is_dir():
+            path = path / "model.safetensors"
+        state, saved_cfg = load_model_file(path)
+        if dataclasses.replace(saved_cfg, drop_path=self.model_cfg.drop_path, attn_backend=self.model_cfg.attn_backend) \
+                != dataclasses.replace(self.model_cfg):
+            raise ConfigError(f"train.init_from={path}: its model {saved_cfg} differs from this run's {self.model_cfg}")
+        if self.name_map is not None:
+            mine = {n: p for n, p in module.named_parameters()}
+            state = {n: state[self.name_map(n)] for n in mine}
+        load_full_state_dict(module, state)
+
+    def _resume_identity(self) -> dict:
+        return {"model": dataclasses.asdict(self.model_cfg) | {"drop_path": None, "attn_backend": None},
+                "datasets": self.datasets_id,
+                "layout": {"tp": self.cfg.parallel.tp, "pp": self.cfg.parallel.pp, "dp": self.dp,
+                           "zero_stage": self.cfg.parallel.zero_stage},
+                "global_batch_rows": self.cfg.train.global_batch_rows}
+
+    def _maybe_resume(self) -> None:
+        found = latest_checkpoint(self.ckpt_dir)
+        if found is None:
+            return
+        tag, saved = found
+        check_resume_compatible(saved["identity"], self._resume_identity())
+        load_checkpoint(self.engine, self.ckpt_dir, tag)
+        self.state = saved["progress"]
+        self.log.print(f"resumed from {self.ckpt_dir / tag}: step {self.state['step']}, "
+                       f"{self.state['samples']:,} samples, {self.state['rows']:,} rows consumed")
+
+    def _loader(self, datasets, rows_consumed: int, global_rows: int):
+        d = self.cfg.data
+        spec = LoaderSpec(datasets=list(datasets), weights=list(d.weights) if datasets == d.datasets else [],
+                          packing=PackingSpec(budget=d.seq_len, max_samples_per_row=d.max_samples_per_row, seed=d.seed),
+                          global_rows=global_rows, micro_rows=self.cfg.train.micro_batch_rows,
+                          num_workers=d.num_workers, check=d.check)
+        return build_loader(spec, dp_rank=self.dp_rank, dp_size=self.dp, rows_consumed=rows_consumed,
+                            pin_memory=torch.cuda.is_available())
+
+    def _build_plans(self) -> None:
+        """Packing plans of the first epoch are built once, by rank 0, while the others wait."""
+        if self.rank == 0:
+            d = self.cfg.data
+            spec = LoaderSpec(datasets=list(d.datasets), packing=PackingSpec(d.seq_len, d.max_samples_per_row, d.seed),
+                              check=d.check)
+            for src in PackedRows(spec).sources:
+                if not src.plan.has(0):
+                    fill = src.plan.build(0)
+                    self.log.print(f"packing plan {src.plan.dir}: epoch 0 fill rate {100 * fill:.2f}%")
+        dist.barrier()
+
+    def _banner(self) -> None:
+        c, p, t = self.cfg, self.cfg.parallel, self.cfg.train
+        n = count_params(self.model_cfg)
+        self.log.print(
+            f"GenLIP {c.model.preset}: {n.total:,} params ({n.trunk:,} trunk); world {self.world} = tp {p.tp} x pp {p.pp} "
+            f"x dp {self.dp}; ZeRO-{p.zero_stage}; {t.dtype}; rows of {c.data.seq_len} slots; micro-batch "
+            f"{t.micro_batch_rows} rows x {self.accum} accumulation x {self.dp} dp = {t.global_batch_rows} rows/step; "
+            f"{self.params_local:,} params on rank 0; schedule {t.total_samples:,.0f} samples; run dir {self.run_dir}")
+
+    # ---- one step -------------------------------------------------------------------------------
+    def _next(self, it):
+        t0 = time.perf_counter()
+        batch, infos = next(it)
+        return batch, infos, time.perf_counter() - t0
+
+    def _train_step(self, it) -> dict:
+        has_data = it is not None
+        wait, samples, tokens, flops = 0.0, 0, 0, 0.0
+        batches = []
+        if has_data:
+            for _ in range(self.accum):
+                batch, _, w = self._next(it)
+                wait += w
+                s, tk, f = batch_stats(batch.segments, self.model_cfg)
+                samples, tokens, flops = samples + s, tokens + tk, flops + f
+                batches.append(batch)
+        skipped_before = self.engine.skipped_steps
+        if self.cfg.parallel.pp > 1:
+            loss = self.engine.train_batch(iter([pipeline_batch(b) for b in batches]) if has_data else None)
+            loss = float(loss)
+        else:
+            losses = []
+            for batch in batches:
+                out = self.engine(batch.to(self.device))
+                self.engine.backward(out.loss)
+                self.engine.step()
+                losses.append(out.loss.detach().float())
+            loss = _all_reduce(torch.stack(losses).mean().item(), group=MegatronMpu.get_data_parallel_group()) / self.dp
+        # Counted once per data-parallel replica: by its (tp 0, pp 0) rank, which always holds the data.
+        first = self.tp_rank == 0 and self.pp_rank == 0
+        totals = [_all_reduce(v if first else 0.0) for v in (samples, tokens, flops)]
+        skipped = self.engine.skipped_steps > skipped_before
+        return {"loss": loss, "samples": int(totals[0]), "tokens": int(totals[1]), "flops": totals[2],
+                "data_wait": wait, "skipped": skipped, "finite": math.isfinite(loss)}
+
+    def _evaluate(self) -> float | None:
+        """Validation loss on the first global batch of the held-out datasets (same rows every time)."""
+        d, pp = self.cfg.data, self.cfg.parallel.pp
+        if not d.val_datasets:
+            return None
+        batches = None
+        if pp == 1 or self.pp_rank in (0, pp - 1):
+            it = iter(self._loader(d.val_datasets, 0, self.cfg.train.global_batch_rows))
+            batches = [next(it)[0] for _ in range(self.accum)]
+        if pp > 1:
+            return float(self.engine.eval_batch(iter([pipeline_batch(b) for b in batches]) if batches else None))
+        self.engine.module.eval()
+        with torch.no_grad():
+            loss = torch.stack([self.engine.module(b.to(self.device)).loss.float() for b in batches]).mean().item()
+        self.engine.module.train()
+        return _all_reduce(loss, group=MegatronMpu.get_data_parallel_group()) / self.dp
+
+    def _save(self) -> None:
+        state = {"identity": self._resume_identity(), "progress": dict(self.state), "config": self.cfg.to_dict(),
+                 "code_version": code_version(), "time": time.time()}
+        tag = save_checkpoint(self.engine, self.ckpt_dir, self.state["step"], state, keep_last=self.cfg.train.keep_last)
+        self.log.print(f"saved checkpoint {self.ckpt_dir / tag}")
+
+    def export(self) -> Path:
+        path = self.run_dir / "model.safetensors"
+        state = consolidated_state_dict(self.engine.module, name_map=self.name_map,
+                                        zero3=self.cfg.parallel.zero_stage == 3)
+        if self.rank == 0:
+            save_model(path, state, self.model_cfg, {"progress": self.state, "code_version": code_version()})
+            self.log.print(f"exported consolidated weights to {path}")
+        dist.barrier()
+        return path
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def fit(self) -> int:
+        t, o = self.cfg.train, self.cfg.optim
+        flags = Flags()
+        start_time = time.time()
+        self._maybe_resume()
+        self._build_plans()
+        self._banner()
+        needs_data = self.cfg.parallel.pp == 1 or self.pp_rank in (0, self.cfg.parallel.pp - 1)
+        it = iter(self._loader(self.cfg.data.datasets, self.state["rows"], t.global_batch_rows)) if needs_data else None
+        peak = peak_tflops()
+        window = {"loss": 0.0, "n": 0, "steps": 0, "time": 0.0, "wait": 0.0, "samples": 0, "tokens": 0, "flops": 0.0}
+        bad_in_a_row, code = 0, 0
+        while self.state["samples"] < t.total_samples and not (t.max_steps and self.state["step"] >= t.max_steps):
+            lr = lr_at(self.state["samples"], peak=o.lr, floor=o.min_lr, total=t.total_samples, warmup_ratio=o.warmup_ratio)
+            for group in self.engine.optimizer.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            r = self._train_step(it)
+            dt = time.perf_counter() - t0
+            self.state["step"] += 1
+            self.state["rows"] += t.global_batch_rows
+            self.state["samples"] += r["samples"]
+            self.state["tokens"] += r["tokens"]
+            if r["skipped"] or not r["finite"]:
+                self.state["skipped_steps"] += 1
+                bad_in_a_row += 1
+            else:
+                bad_in_a_row = 0
+                window["loss"] += r["loss"]
+                window["n"] += 1
+            for k, v in (("steps", 1), ("time", dt), ("wait", r["data_wait"]), ("samples", r["samples"]), ("tokens", r["tokens"]),
+                         ("flops", r["flops"])):
+                window[k] += v
+            step = self.state["step"]
+            if step % t.log_interval == 0 or step == 1:
+                self._log_window(window, lr, peak)
+                window = dict.fromkeys(window, 0.0)
+            if t.eval_interval and step % t.eval_interval == 0:
+                val = self._evaluate()
+                if val is not None:
+                    self.log.print(f"step {step} | validation loss {val:.4f}")
+                    self.log.scalars(step, self.state["samples"], {"val/loss": val})
+            if bad_in_a_row >= t.max_bad_steps:
+                self.log.print(f"stopping: {bad_in_a_row} consecutive steps had a non-finite loss or gradient norm "
+                               "and were skipped; the checkpoint holds the last good weights. Lower optim.lr, check "
+                               "the data, or resume to retry.")
+                code = EXIT_BAD_STEPS
+                break
+            stop = _all_reduce(float(flags.stop), op=dist.ReduceOp.MAX) > 0
+            if t.time_limit_minutes and time.time() - start_time > 60 * t.time_limit_minutes:
+                stop = True
+            if stop:
+                self.log.print(f"stop requested (signal or time limit) at step {step}: checkpointing, exit {EXIT_REQUEUE}")
+                code = EXIT_REQUEUE
+                break
+            if t.save_interval and step % t.save_interval == 0:
+                self._save()
+        if not (t.save_interval and self.state["step"] % t.save_interval == 0 and code == 0):
+            self._save()
+        if code == 0:
+            self.export()
+        self.log.close()
+        return code
+
+    def _log_window(self, w: dict, lr: float, peak: float | None) -> None:
+        if w["time"] <= 0:
+            return
+        step, n = self.state["step"], max(w["n"], 1)
+        tflops = w["flops"] / w["time"] / self.world / 1e12
+        values = {"train/loss": w["loss"] / n if w["n"] else float("nan"), "train/lr": self.engine.get_lr()[0],
+                  "train/grad_norm": _grad_norm(self.engine), "perf/samples_per_s": w["samples"] / w["time"],
+                  "perf/tokens_per_s": w["tokens"] / w["time"], "perf/data_wait": w["wait"] / w["time"],
+                  "perf/step_time": w["time"] / w["steps"],
+                  "perf/tflops_per_device": tflops, "perf/mfu": tflops / peak if peak else None,
+                  "perf/memory_gib": memory_gib(), "train/skipped_steps": self.state["skipped_steps"]}
+        mfu = f" | MFU {100 * values['perf/mfu']:.1f}%" if peak else ""
+        gn = values["train/grad_norm"]
+        self.log.print(
+            f"step {step} | samples {self.state['samples']:,} | loss {values['train/loss']:.4f} | lr {lr:.3e} | "
+            f"grad norm {gn if gn is None else f'{gn:.3f}'} | {values['perf/samples_per_s']:.1f} samples/s | "
+            f"{values['perf/tokens_per_s']:.0f} tok/s | data wait {100 * values['perf/data_wait']:.0f}% | "
+            f"{tflops:.3f} TFLOP/s/device{mfu} | mem {values['perf/memory_gib']:.2f} GiB | "
+            f"skipped {self.state['skipped_steps']}")
+        self.log.scalars(step, self.state["samples"], values)
+
+
+def _grad_norm(engine) -> float | None:
+    g = engine.get_global_grad_norm()
+    if g is None:
+        return None
+    return float(g.item() if torch.is_tensor(g) else g)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="genlip-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", nargs="?", help="YAML run config (run_scripts/configs/*.yaml)")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 parallel.tp=2")
+    ap.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.help_config:
+        print(field_help())
+        return 0
+    if not args.config:
+        build_parser().print_usage()
+        return EXIT_CONFIG
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(json.dumps(cfg.to_dict(), indent=1))
+            return 0
+        set_env_from_launcher()
+        trainer = Trainer(cfg)
+    except ConfigError as e:
+        print(f"genlip-train: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return trainer.fit()
+    finally:
+        destroy_parallel()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
