@@ -135,6 +135,10 @@ class TrainSection:
     """Stage 2: checkpoint directory whose model weights start this run (fresh optimizer and schedule)."""
     max_steps: int = 0
     """Stop after this many steps even if samples remain (0: no limit; for tests and smoke runs)."""
+    record_samples: bool = False
+    """Audit trail: write the rows and sample keys of every step to RUN/samples/dp_RANK.jsonl."""
+    debug_nan_steps: list = field(default_factory=list)
+    """Fault injection (tests): make the loss NaN at these steps to exercise the skip path (pp=1 only)."""
 
 
 @dataclass

@@ -18,6 +18,7 @@ from megatron.core.tensor_parallel import (
     ColumnParallelLinear,
     RowParallelLinear,
     VocabParallelEmbedding,
+    set_tensor_model_parallel_attributes,
     vocab_parallel_cross_entropy,
 )
 
@@ -60,6 +61,10 @@ class TensorParallelKit:
         )
 
     def _split(self, param, dim: int, stride: int = 1):
+        # megatron's own marks (it sets them only when it initialises): DeepSpeed's gradient-norm and
+        # clipping read `tensor_model_parallel` to count split parameters on every TP rank.
+        if not hasattr(param, "tensor_model_parallel"):  # biases already carry them
+            set_tensor_model_parallel_attributes(param, True, dim, stride)
         return set_tp_split(param, dim=dim, stride=stride, rank=self.tp_rank, world=self.tp)
 
     def column(self, in_features, out_features, *, bias=True, init="normal", std=0.02, chunks=1):

@@ -61,3 +61,40 @@ def make_raw_dataset(root: Path, *, shards: int = 3, per_shard: int = 30, size: 
     texts = ["Describe the image in detail."] * 5 + list(iter_captions(tars, SourceOptions()))
     tok = train_sentencepiece(texts, root / "tok.model", vocab_size=vocab_size, model_type="bpe")
     return tars, tok
+
+
+def train_cmd(nproc: int, config: Path, *overrides: str) -> list[str]:
+    base = [sys.executable]
+    if nproc > 1:
+        base += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
+    return base + ["-m", "genlip.train.trainer", str(config), *overrides]
+
+
+def train_env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1",
+                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def run_train(nproc: int, config: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(train_cmd(nproc, config, *overrides), env=train_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    return proc
+
+
+def read_metrics(run_dir: Path) -> dict[int, dict]:
+    """step -> last logged record of that step (a resumed run may log a step twice)."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec
+    return out
+
+
+def read_samples(run_dir: Path) -> dict[int, list]:
+    """step -> [(rows, keys) per data-parallel replica], the last record of each step."""
+    out: dict[int, dict] = {}
+    for f in sorted((run_dir / "samples").glob("dp_*.jsonl")):
+        for line in f.read_text().splitlines():
+            rec = json.loads(line)
+            out.setdefault(rec["step"], {})[f.name] = (rec["rows"], rec["keys"])
+    return {s: [v[k] for k in sorted(v)] for s, v in out.items()}

@@ -164,6 +164,12 @@ class Trainer:
         self.device = self.engine.device
         self.datasets_id = [manifest_hash(d) for d in cfg.data.datasets]
         self.state = {"step": 0, "samples": 0, "rows": 0, "tokens": 0, "skipped_steps": 0}
+        self.samples_log = None
+        if t.record_samples and self.tp_rank == 0 and self.pp_rank == 0:
+            (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+            self.samples_log = open(self.run_dir / "samples" / f"dp_{self.dp_rank:05d}.jsonl", "a")
+        if t.debug_nan_steps and p.pp > 1:
+            raise ConfigError("train.debug_nan_steps needs parallel.pp=1")
 
     # ---- set-up helpers --------------------------------------------------------------------------
     def _init_from(self, module, path: Path) -> None:
@@ -236,32 +242,61 @@ class Trainer:
     def _train_step(self, it) -> dict:
         has_data = it is not None
         wait, samples, tokens, flops = 0.0, 0, 0, 0.0
-        batches = []
+        batches, infos = [], []
         if has_data:
             for _ in range(self.accum):
-                batch, _, w = self._next(it)
+                batch, info, w = self._next(it)
                 wait += w
                 s, tk, f = batch_stats(batch.segments, self.model_cfg)
                 samples, tokens, flops = samples + s, tokens + tk, flops + f
                 batches.append(batch)
+                infos += info
         skipped_before = self.engine.skipped_steps
         if self.cfg.parallel.pp > 1:
-            loss = self.engine.train_batch(iter([pipeline_batch(b) for b in batches]) if has_data else None)
-            loss = float(loss)
+            loss = float(self.engine.train_batch(iter([pipeline_batch(b) for b in batches]) if has_data else None))
+            skipped = self.engine.skipped_steps > skipped_before
         else:
-            losses = []
-            for batch in batches:
-                out = self.engine(batch.to(self.device))
-                self.engine.backward(out.loss)
-                self.engine.step()
-                losses.append(out.loss.detach().float())
-            loss = _all_reduce(torch.stack(losses).mean().item(), group=MegatronMpu.get_data_parallel_group()) / self.dp
+            loss, skipped = self._local_step(batches)
         # Counted once per data-parallel replica: by its (tp 0, pp 0) rank, which always holds the data.
         first = self.tp_rank == 0 and self.pp_rank == 0
+        if first and self.samples_log is not None:
+            self.samples_log.write(json.dumps({"step": self.state["step"] + 1, "rows": [i.global_row for i in infos],
+                                               "keys": [[str(k) for k in i.key_hashes] for i in infos]}) + "\n")
+            self.samples_log.flush()
         totals = [_all_reduce(v if first else 0.0) for v in (samples, tokens, flops)]
-        skipped = self.engine.skipped_steps > skipped_before
         return {"loss": loss, "samples": int(totals[0]), "tokens": int(totals[1]), "flops": totals[2],
                 "data_wait": wait, "skipped": skipped, "finite": math.isfinite(loss)}
+
+    def _local_step(self, batches) -> tuple[float, bool]:
+        """Micro-batches through DeepSpeed's engine (no pipeline); returns (mean loss, step skipped)."""
+        skipped_before = self.engine.skipped_steps
+        poison = float("nan") if self.state["step"] + 1 in self.cfg.train.debug_nan_steps else 1.0
+        losses = []
+        for i, batch in enumerate(batches):
+            out = self.engine(batch.to(self.device))
+            loss = out.loss * poison
+            self.engine.backward(loss)
+            losses.append(loss.detach().float())
+            if i == len(batches) - 1 and self.cfg.parallel.zero_stage == 0:
+                self._guard_zero0(torch.stack(losses))
+            self.engine.step()
+        mean = _all_reduce(torch.stack(losses).mean().item(), group=MegatronMpu.get_data_parallel_group()) / self.dp
+        skipped = self.engine.skipped_steps > skipped_before or self._zero0_skipped
+        return mean, skipped
+
+    _zero0_skipped = False
+
+    def _guard_zero0(self, losses: torch.Tensor) -> None:
+        """ZeRO-0 has no DeepSpeed overflow check: a non-finite loss anywhere zeroes this step's
+        gradients and its learning rate, so the weights are unchanged (Adam's moments decay one step)."""
+        bad = _all_reduce(float(not bool(torch.isfinite(losses).all())), op=dist.ReduceOp.MAX) > 0
+        self._zero0_skipped = bad
+        if bad:
+            for p in self.engine.module.parameters():
+                if p.grad is not None:
+                    p.grad.zero_()
+            for group in self.engine.optimizer.param_groups:
+                group["lr"] = 0.0
 
     def _evaluate(self) -> float | None:
         """Validation loss on the first global batch of the held-out datasets (same rows every time)."""
