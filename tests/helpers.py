@@ -82,11 +82,11 @@ def run_train(nproc: int, config: Path, *overrides: str, timeout: int = 600) -> 
 
 
 def read_metrics(run_dir: Path) -> dict[int, dict]:
-    """step -> last logged record of that step (a resumed run may log a step twice)."""
-    out = {}
+    """step -> the values logged at that step (a resumed run may log a step twice: the last one wins)."""
+    out: dict[int, dict] = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        out[rec["step"]] = rec
+        out.setdefault(rec["step"], {}).update(rec)
     return out
 
 

@@ -210,8 +210,11 @@ def build_loader(spec: LoaderSpec, *, dp_rank: int = 0, dp_size: int = 1, rows_c
                          "resume needs the global batch the checkpoint was made with")
     micro = MicroBatches(PackedRows(spec), dp_rank=dp_rank, dp_size=dp_size)
     start = rows_consumed // spec.global_rows * micro.accum
+    # NOTE: its own generator, so that starting a loader never draws from the global RNG (which DropPath
+    # uses and checkpoints restore): a resumed run must see the same random numbers as an unbroken one.
     return torch.utils.data.DataLoader(micro, batch_size=None, sampler=_From(start), num_workers=spec.num_workers,
                                        collate_fn=_identity, pin_memory=pin_memory,
+                                       generator=torch.Generator().manual_seed(spec.packing.seed),
                                        persistent_workers=spec.num_workers > 0,
                                        prefetch_factor=4 if spec.num_workers > 0 else None)
 

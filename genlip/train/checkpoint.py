@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from genlip.config import ConfigError
+
 STATE_FILE = "genlip_state.json"
 
 
@@ -109,4 +111,4 @@ def check_resume_compatible(saved: dict, current: dict) -> None:
         problems.append(f"train.global_batch_rows differs: checkpoint {saved['global_batch_rows']}, now "
                         f"{current['global_batch_rows']}; the data order is defined per global batch")
     if problems:
-        raise RuntimeError("cannot resume from this checkpoint:\n  " + "\n  ".join(problems))
+        raise ConfigError("cannot resume from this checkpoint:\n  " + "\n  ".join(problems))

@@ -186,11 +186,11 @@ class Trainer:
         load_full_state_dict(module, state)
 
     def _resume_identity(self) -> dict:
-        return {"model": dataclasses.asdict(self.model_cfg) | {"drop_path": None, "attn_backend": None},
+        return json.loads(json.dumps({"model": dataclasses.asdict(self.model_cfg) | {"drop_path": None, "attn_backend": None},
                 "datasets": self.datasets_id,
                 "layout": {"tp": self.cfg.parallel.tp, "pp": self.cfg.parallel.pp, "dp": self.dp,
                            "zero_stage": self.cfg.parallel.zero_stage},
-                "global_batch_rows": self.cfg.train.global_batch_rows}
+                "global_batch_rows": self.cfg.train.global_batch_rows}))  # as stored: JSON types
 
     def _maybe_resume(self) -> None:
         found = latest_checkpoint(self.ckpt_dir)
@@ -454,6 +454,9 @@ def main(argv=None) -> int:
         return EXIT_CONFIG
     try:
         return trainer.fit()
+    except ConfigError as e:
+        print(f"genlip-train: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     finally:
         destroy_parallel()
 
