@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from genlip.data.synthetic import write_webdataset_shards
+from genlip.data.synthetic import score_captions, write_webdataset_shards
 from genlip.evaluate import greedy_captions, load_held_out, plot_loss_curve, token_accuracy
 from genlip.model import GenLIP
 from genlip.train.export import load_model_file
@@ -111,6 +111,9 @@ def main(argv=None) -> int:
     print(f"\nnext-token accuracy on held-out captions: {100 * acc:.1f}% "
           f"(always predicting the most frequent token: {100 * baseline:.1f}%)")
     print(f"exactly right captions: {100 * exact:.1f}% of {len(truth)}")
+    scores = score_captions(predicted, truth)
+    print("attributes right in greedy captions (chance in brackets): " + ", ".join(
+        f"{k} {100 * a:.0f}% ({100 * c:.0f}%)" for k, (a, c) in scores.items()))
     print(f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
     print(f"loss curve: {png}")
     print(f"model: {run_dir / 'model.safetensors'} (+ .json config)")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
@@ -385,3 +386,31 @@ def write_jsonl(
             rows.write(json.dumps({"image": rel, "caption": caption}) + "\n")
     return jsonl
 
+
+
+_OBJECT_RE = re.compile(r"a (\w+) (\w+) (\w+) at the ([a-z ]+?)(?= and a |\.|$)")
+_WORD_RE = re.compile(r'the word "(\w+)" is written ([a-z ]+?)\.')
+
+
+def parse_caption(caption: str) -> dict[str, Any]:
+    """The attributes a caption states (the inverse of `caption_from_spec`, tolerant of bad captions)."""
+    objects_part, _, _ = caption.partition(" the word ")
+    objects = [dict(zip(("size", "colour", "shape", "position"), m.groups())) for m in _OBJECT_RE.finditer(objects_part)]
+    word = _WORD_RE.search(caption)
+    return {"objects": objects, "word": {"text": word.group(1), "position": word.group(2)} if word else None}
+
+
+def score_captions(predicted: Sequence[str], truth: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """Per attribute: (accuracy, chance) over the true objects (matched by order) and written words."""
+    hits: dict[str, list[bool]] = {k: [] for k in ("size", "colour", "shape", "position", "word")}
+    for p, t in zip(predicted, truth):
+        pp, tt = parse_caption(p), parse_caption(t)
+        for i, obj in enumerate(tt["objects"]):
+            got = pp["objects"][i] if i < len(pp["objects"]) else {}
+            for k in ("size", "colour", "shape", "position"):
+                hits[k].append(got.get(k) == obj[k])
+        if tt["word"] is not None:
+            hits["word"].append(pp["word"] is not None and pp["word"]["text"] == tt["word"]["text"])
+    chance = {"size": 1 / len(SIZES), "colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES),
+              "position": 1 / sum(len(r) for r in POSITIONS), "word": 1 / len(WORDS)}
+    return {k: (sum(v) / len(v) if v else float("nan"), chance[k]) for k, v in hits.items()}

@@ -149,3 +149,20 @@ def test_jsonl_rows_point_to_existing_images(tmp_path):
         assert row["caption"] == caption
         with Image.open(jsonl.parent / row["image"]) as stored:
             assert stored.tobytes() == image.tobytes()
+
+
+def test_parse_caption_inverts_caption_from_spec_and_scores():
+    from genlip.data.synthetic import caption_from_spec, parse_caption, scene_spec, score_captions
+
+    caps = []
+    for i in range(50):
+        spec = scene_spec(3, i)
+        cap = caption_from_spec(spec)
+        parsed = parse_caption(cap)
+        assert [{k: o[k] for k in ("size", "colour", "shape", "position")} for o in spec["objects"]] == parsed["objects"]
+        assert (parsed["word"] is None) == (spec["word"] is None)
+        caps.append(cap)
+    perfect = score_captions(caps, caps)
+    assert all(acc == 1.0 for acc, _ in perfect.values())
+    shifted = score_captions(caps[1:] + caps[:1], caps)
+    assert shifted["colour"][0] < 0.5 and shifted["colour"][1] == 1 / 8
