@@ -38,6 +38,7 @@ setup(
             "genlip-info=genlip.info:main",
             "genlip-demo=genlip.demo:main",
             "genlip-data=data_tools.cli:main",
+            "genlip-train=genlip.train.trainer:main",
         ],
     },
 )

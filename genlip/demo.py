@@ -3,8 +3,8 @@
 1. Renders captioned scenes (coloured shapes at named positions, written words; captions exact) into
    img2dataset-style tar shards, plus a held-out set from another seed.
 2. Trains a sentencepiece tokenizer and builds indexed shards with `genlip-data`.
-3. Trains the `small` GenLIP with 2 processes (tensor parallel over megatron-core by default, under the
-   DeepSpeed ZeRO-1 engine) with `genlip-train`, logging to TensorBoard.
+3. Trains the `small` GenLIP with 2 processes (data parallel with DeepSpeed ZeRO-1 over megatron-core
+   layers by default; `--tp 2` splits the model instead) with `genlip-train`, logging to TensorBoard.
 4. Prints greedy captions of held-out images beside their true captions, next-token accuracy against a
    most-frequent-token baseline, and where the logs and the loss-curve PNG are.
 About 10 minutes on 2 CPU cores.
@@ -34,12 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="genlip-demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/demo"), help="working directory (data, run, plots)")
-    ap.add_argument("--train-images", type=int, default=4000, help="rendered training scenes")
+    ap.add_argument("--train-images", type=int, default=8000, help="rendered training scenes")
     ap.add_argument("--held-out", type=int, default=200, help="rendered held-out scenes (another seed)")
-    ap.add_argument("--image-size", type=int, default=128, help="image side in pixels (a multiple of 16)")
-    ap.add_argument("--samples", type=float, default=12000, help="training samples (the schedule length)")
+    ap.add_argument("--image-size", type=int, default=96, help="image side in pixels (a multiple of 16)")
+    ap.add_argument("--samples", type=float, default=36000, help="training samples (the schedule length)")
     ap.add_argument("--nproc", type=int, default=2, help="training processes")
-    ap.add_argument("--tp", type=int, default=2, help="tensor-parallel size (the rest is data parallel)")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size (the rest is data parallel, ZeRO-1)")
     ap.add_argument("--examples", type=int, default=8, help="held-out captions to print")
     ap.add_argument("--fresh", action="store_true", help="delete --out first (otherwise finished steps are reused)")
     return ap

@@ -2,6 +2,7 @@
 
     genlip-train CONFIG.yaml [key=value ...]           # one process
     torchrun --nproc_per_node 8 -m genlip.train.trainer CONFIG.yaml parallel.tp=2
+    deepspeed --num_gpus 8 --module genlip.train.trainer CONFIG.yaml
     srun python -m genlip.train.trainer CONFIG.yaml    # ranks from SLURM variables
 
 TP from megatron-core, PP from DeepSpeed's pipeline engine, DP with DeepSpeed ZeRO. The schedule and
@@ -431,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 parallel.tp=2")
     ap.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     return ap
 
 
