@@ -27,9 +27,18 @@ def stats(root: Path) -> dict:
         "image_mode": ds.manifest["image"],
         "caption_tokens_percentiles": dict(zip(map(str, q), np.percentile(text, q).tolist())) if len(text) else {},
         "caption_tokens_mean": float(text.mean()) if len(text) else 0.0,
+        "caption_tokens_histogram": _histogram(text),
         "patch_grids": {f"{h}x{w}": n for (h, w), n in grids.most_common(20)},
         "skipped": {r: i["count"] for r, i in ds.manifest["skipped"].items()},
     }
+
+
+def _histogram(values: np.ndarray, bins: int = 10) -> list[tuple[int, int, int]]:
+    """[(low, high, count)] over `bins` equal-width integer bins."""
+    if not len(values):
+        return []
+    counts, edges = np.histogram(values, bins=min(bins, int(values.max() - values.min()) + 1))
+    return [(int(np.ceil(lo)), int(np.floor(hi)), int(c)) for lo, hi, c in zip(edges[:-1], edges[1:], counts)]
 
 
 def dump(root: Path, out: Path, n: int, seed: int = 0) -> list[Path]:
@@ -65,6 +74,9 @@ def run(args) -> int:
     else:
         print(f"{args.dataset}: {st['samples']} samples in {st['shards']} shards; image mode {st['image_mode']['kind']}")
         print(f"caption+end tokens: mean {st['caption_tokens_mean']:.1f}, percentiles {st['caption_tokens_percentiles']}")
+        peak = max((c for _, _, c in st["caption_tokens_histogram"]), default=1)
+        for lo, hi, c in st["caption_tokens_histogram"]:
+            print(f"  {lo:>5}-{hi:<5} {c:>9}  {'#' * max(1 if c else 0, round(40 * c / peak))}")
         print("patch grids (most common): " + ", ".join(f"{g}: {n}" for g, n in st["patch_grids"].items()))
         print("skipped: " + (", ".join(f"{r}: {n}" for r, n in st["skipped"].items()) or "none"))
     if args.dump:
