@@ -164,7 +164,8 @@ class Trainer:
             assert_groups_match(self.engine.grid)
         self.device = self.engine.device
         self.datasets_id = [manifest_hash(d) for d in cfg.data.datasets]
-        self.state = {"step": 0, "samples": 0, "rows": 0, "tokens": 0, "skipped_steps": 0}
+        self.state = {"step": 0, "samples": 0, "rows": 0, "tokens": 0, "skipped_steps": 0, "flops": 0.0,
+                      "wall_time": 0.0, "last_loss": None, "last_val_loss": None}
         self.samples_log = None
         if t.record_samples and self.tp_rank == 0 and self.pp_rank == 0:
             (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -356,6 +357,8 @@ class Trainer:
             self.state["rows"] += t.global_batch_rows
             self.state["samples"] += r["samples"]
             self.state["tokens"] += r["tokens"]
+            self.state["flops"] += r["flops"]
+            self.state["wall_time"] += dt
             if r["skipped"] or not r["finite"]:
                 self.state["skipped_steps"] += 1
                 bad_in_a_row += 1
@@ -373,6 +376,7 @@ class Trainer:
             if t.eval_interval and step % t.eval_interval == 0:
                 val = self._evaluate()
                 if val is not None:
+                    self.state["last_val_loss"] = val
                     self.log.print(f"step {step} | validation loss {val:.4f}")
                     self.log.scalars(step, self.state["samples"], {"val/loss": val})
             if bad_in_a_row >= t.max_bad_steps:
@@ -390,12 +394,28 @@ class Trainer:
                 break
             if t.save_interval and step % t.save_interval == 0:
                 self._save()
+        if window["steps"]:
+            self._log_window(window, lr, peak)
         if not (t.save_interval and self.state["step"] % t.save_interval == 0 and code == 0):
             self._save()
         if code == 0:
             self.export()
+        self._write_result(code)
         self.log.close()
         return code
+
+    def _write_result(self, code: int) -> None:
+        """RUN/result.json: what a sweep report reads (written at every exit, status says which)."""
+        if self.rank != 0:
+            return
+        n, st = count_params(self.model_cfg), self.state
+        status = {0: "done", EXIT_REQUEUE: "requeued", EXIT_BAD_STEPS: "stopped_bad_steps"}.get(code, "failed")
+        result = {"status": status, "preset": self.cfg.model.preset, "config": self.cfg.to_dict(),
+                  "step": st["step"], "samples": st["samples"], "tokens": st["tokens"], "final_loss": st["last_loss"],
+                  "val_loss": st["last_val_loss"], "params_total": n.total, "params_trunk": n.trunk,
+                  "train_flops": st["flops"], "wall_time_s": st["wall_time"],
+                  "samples_per_s": st["samples"] / st["wall_time"] if st["wall_time"] else None}
+        (self.run_dir / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
 
     def _log_window(self, w: dict, lr: float, peak: float | None) -> None:
         if w["time"] <= 0:
@@ -408,6 +428,8 @@ class Trainer:
                   "perf/step_time": w["time"] / w["steps"],
                   "perf/tflops_per_device": tflops, "perf/mfu": tflops / peak if peak else None,
                   "perf/memory_gib": memory_gib(), "train/skipped_steps": self.state["skipped_steps"]}
+        if w["n"]:
+            self.state["last_loss"] = values["train/loss"]
         mfu = f" | MFU {100 * values['perf/mfu']:.1f}%" if peak else ""
         gn = values["train/grad_norm"]
         self.log.print(

@@ -1,0 +1,1 @@
+"""SLURM: job scripts, submission, sweeps and the pre-submission plan."""
