@@ -2,6 +2,7 @@
 
     genlip-submit train CONFIG.yaml [key=value ...] --nodes 4 --gpus-per-node 8 --time 2-00:00:00 [--dry-run]
     genlip-submit data RAW... --out DATASET --tokenizer tok.model --array-size 64 [--dry-run] [-- BUILD OPTIONS]
+    (everything after `--` goes to `genlip-data build`, e.g. `-- --stage 2 --max-patches 1024`)
 
 `train` validates the config for the job's world size, prints the plan (batch, steps, memory per GPU)
 and refuses a layout that cannot fit, renders run_scripts/slurm/train.sbatch into the run directory with
@@ -203,16 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     da.add_argument("--tokenizer", required=True, help="tokenizer .model / .json")
     da.add_argument("--array-size", type=int, default=8, help="array tasks (each takes every N-th input)")
     da.add_argument("--log-dir", type=Path, help="where the array's logs go (default: OUT_logs next to OUT)")
-    da.add_argument("build_args", nargs=argparse.REMAINDER, help="after --: more genlip-data build options")
     add_slurm_options(da, time_default="12:00:00")
     da.set_defaults(run=run_data)
     return ap
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    build_args = argv[argv.index("--") + 1:] if "--" in argv else []  # data: passed on to genlip-data build
+    argv = argv[:argv.index("--")] if "--" in argv else argv
     args = build_parser().parse_args(argv)
-    if getattr(args, "build_args", None) and args.build_args[:1] == ["--"]:
-        args.build_args = args.build_args[1:]
+    args.build_args = build_args
     try:
         return args.run(args)
     except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as e:

@@ -178,6 +178,9 @@ class Trainer:
         """Stage 2: start from exported weights (a .safetensors file or a run directory's final export)."""
         if path.is_dir():
             path = path / "model.safetensors"
+        if not path.is_file() or not path.with_suffix(".json").is_file():
+            raise ConfigError(f"train.init_from={str(path)!r}: no exported model there (a model.safetensors with its "
+                              ".json, written at the end of a run)")
         state, saved_cfg = load_model_file(path)
         if dataclasses.replace(saved_cfg, drop_path=self.model_cfg.drop_path, attn_backend=self.model_cfg.attn_backend) \
                 != dataclasses.replace(self.model_cfg):
