@@ -98,3 +98,14 @@ def read_samples(run_dir: Path) -> dict[int, list]:
             rec = json.loads(line)
             out.setdefault(rec["step"], {})[f.name] = (rec["rows"], rec["keys"])
     return {s: [v[k] for k in sorted(v)] for s, v in out.items()}
+
+
+def build_tiny_dataset(root: Path, *, shards: int = 2, per_shard: int = 30) -> tuple[Path, list[Path], Path]:
+    """(dataset dir, raw tars, tokenizer) of 64-px synthetic scenes, built with `genlip-data build`."""
+    from data_tools.cli import main as data_main
+
+    tars, tok = make_raw_dataset(root, shards=shards, per_shard=per_shard)
+    out = root / "ds"
+    assert data_main(["build", *map(str, tars), "--out", str(out), "--tokenizer", str(tok), "--image-size", "64",
+                      "--quiet"]) == 0
+    return out, tars, tok

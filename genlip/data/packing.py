@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from genlip.atomic import atomic_save_npy, atomic_write_json
 
 PLAN_VERSION = 1
 
@@ -109,15 +110,15 @@ class PackingPlan:
                 raise ValueError(f"{path} was made for another dataset or settings; delete {self.dir} to rebuild it")
         else:
             self.dir.mkdir(parents=True, exist_ok=True)
-            _atomic_bytes(path, json.dumps(header, indent=1, sort_keys=True).encode())
+            atomic_write_json(path, header)
 
     def build(self, epoch: int) -> float:
         """Compute and store one epoch (idempotent: concurrent builders write identical files)."""
         self._check_header()
         rows_path, samples_path = self._paths(epoch)
         offsets, samples = pack_epoch(self.lengths, self.spec, epoch)
-        _atomic_npy(samples_path, samples)
-        _atomic_npy(rows_path, offsets)  # written last: its presence marks a complete epoch
+        atomic_save_npy(samples_path, samples)
+        atomic_save_npy(rows_path, offsets)  # written last: its presence marks a complete epoch
         return fill_rate(self.lengths, offsets, self.spec.budget)
 
     def has(self, epoch: int) -> bool:
@@ -138,21 +139,3 @@ class PackingPlan:
 
     def rows_in_epoch(self, epoch: int) -> int:
         return len(self.epoch(epoch)[0]) - 1
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

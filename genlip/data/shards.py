@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genlip.atomic import atomic_save_npy, atomic_write_json
 from genlip.data.images import ImageMode
 from genlip.data.indexed import IndexedFormatError, IndexedReader, IndexedWriter
 from genlip.data.tokenizer import file_sha256
@@ -44,16 +45,6 @@ def text_dtype(vocab_size: int):
 def shard_files(name: str, with_prompts: bool) -> list[str]:
     kinds = KINDS if with_prompts else KINDS[:2]
     return [f"{name}.{k}.{ext}" for k in kinds for ext in ("bin", "idx")] + [f"{name}.meta.npy"]
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ShardWriter:
@@ -91,10 +82,7 @@ class ShardWriter:
         for kind, w in self._writers.items():
             w.finalize(self._tmp(f"{self.name}.{kind}.idx"))
         meta = np.array(self.meta, dtype=META_DTYPE)
-        with open(self._tmp(f"{self.name}.meta.npy"), "wb") as f:
-            np.save(f, meta)
-            f.flush()
-            os.fsync(f.fileno())
+        atomic_save_npy(self._tmp(f"{self.name}.meta.npy"), meta)
         files = {}
         for fname in shard_files(self.name, self.with_prompts):
             tmp = self._tmp(fname)

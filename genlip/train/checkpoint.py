@@ -12,7 +12,6 @@ so it is never resumed from; the next complete save removes it.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from genlip.atomic import atomic_write, atomic_write_json
 from genlip.config import ConfigError
 
 STATE_FILE = "genlip_state.json"
@@ -39,15 +39,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(engine, ckpt_dir: Path, step: int, state: dict, *, keep_last: int) -> str:
     """Collective: every rank calls it. Returns the tag."""
     tag = f"step{step:09d}"
@@ -56,8 +47,8 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, state: dict, *, keep_last
     torch.save(rng_state(), ckpt_dir / tag / f"rng_rank{rank:05d}.pt")
     dist.barrier()
     if rank == 0:
-        _atomic_text(ckpt_dir / tag / STATE_FILE, json.dumps(state, indent=1, sort_keys=True))
-        _atomic_text(ckpt_dir / "latest", tag)
+        atomic_write_json(ckpt_dir / tag / STATE_FILE, state)
+        atomic_write(ckpt_dir / "latest", tag)
         _prune(ckpt_dir, keep_last, newest=tag)
     dist.barrier()
     return tag

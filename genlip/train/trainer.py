@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from genlip import __version__
 from genlip.config import Config, ConfigError, field_help, load_config, padded_vocab, validate
-from genlip.data.loader import LoaderSpec, MicroBatches, PackedRows, build_loader
+from genlip.data.loader import LoaderSpec, PackedRows, build_loader
 from genlip.data.packing import PackingSpec
 from genlip.data.shards import load_manifest, manifest_hash
 from genlip.info import count_params

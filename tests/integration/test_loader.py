@@ -3,7 +3,6 @@ what the model receives, and corruption caught at start-up and at read time."""
 
 import shutil
 
-import numpy as np
 import pytest
 import torch
 

@@ -7,15 +7,13 @@ import sys
 import pytest
 
 from data_tools.cli import main as data_main
-from tests.helpers import free_port, make_raw_dataset, read_metrics, run_train, train_env
+from tests.helpers import build_tiny_dataset, free_port, read_metrics, run_train, train_env
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("misc")
-    tars, tok = make_raw_dataset(root, shards=1, per_shard=30)
-    assert data_main(["build", *map(str, tars), "--out", str(root / "ds"), "--tokenizer", str(tok),
-                      "--image-size", "64", "--quiet"]) == 0
+    build_tiny_dataset(root, shards=1)
     config = root / "tiny.yaml"
     config.write_text(f"""
 model: {{preset: tiny}}

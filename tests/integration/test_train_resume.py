@@ -13,7 +13,7 @@ import torch
 from data_tools.cli import main as data_main
 from genlip.model import GenLIP
 from genlip.train.export import load_model_file
-from tests.helpers import make_raw_dataset, read_metrics, read_samples, run_train, train_cmd, train_env
+from tests.helpers import build_tiny_dataset, read_metrics, read_samples, run_train, train_cmd, train_env
 
 STEPS = 12
 
@@ -21,9 +21,7 @@ STEPS = 12
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    tars, tok = make_raw_dataset(root, shards=2, per_shard=30)
-    assert data_main(["build", *map(str, tars), "--out", str(root / "ds"), "--tokenizer", str(tok),
-                      "--image-size", "64", "--quiet"]) == 0
+    _, tars, tok = build_tiny_dataset(root)
     assert data_main(["build", str(tars[0]), "--out", str(root / "val"), "--tokenizer", str(tok),
                       "--image-size", "64", "--quiet"]) == 0
     config = root / "tiny.yaml"

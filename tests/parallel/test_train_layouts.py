@@ -6,8 +6,7 @@ per step (reductions run in different orders); the consumed rows are identical."
 
 import pytest
 
-from tests.helpers import make_raw_dataset, read_metrics, read_samples, run_train
-from data_tools.cli import main as data_main
+from tests.helpers import build_tiny_dataset, read_metrics, read_samples, run_train
 
 STEPS = 10
 
@@ -15,9 +14,7 @@ STEPS = 10
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("layouts")
-    tars, tok = make_raw_dataset(root, shards=2, per_shard=30)
-    assert data_main(["build", *map(str, tars), "--out", str(root / "ds"), "--tokenizer", str(tok),
-                      "--image-size", "64", "--quiet"]) == 0
+    build_tiny_dataset(root)
     config = root / "tiny.yaml"
     config.write_text(f"""
 model: {{preset: tiny}}

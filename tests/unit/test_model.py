@@ -131,7 +131,7 @@ def test_features_are_final_ln_patch_features():
 def test_init_follows_reference_rules():
     cfg = get_preset("small")
     model = build_model(cfg, seed=7)
-    D, F = cfg.width, cfg.ffn
+    D = cfg.width
     attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
     bound_q = math.sqrt(6 / (D + 2 * D))  # xavier fans from the full (2D, D) q+gate weight
     assert attn.q_proj.weight.abs().max() <= bound_q
