@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check for the trainer: so16 in bf16 on packed 16384-slot stage-1 rows, a few steps on every GPU of
-# this machine; prints samples/s, tokens/s, TFLOP/s per device and MFU (from the trainer's log lines).
+# this machine (the Qwen3-sized 151936-entry LM head, as in the paper); prints samples/s, tokens/s, TFLOP/s per device and MFU (from the trainer's log lines).
 #   bash benchmarks/gpu_train_so16.sh [STEPS] [extra genlip-train overrides...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,5 +19,5 @@ PY
 genlip-data build "$WORK/raw" --out "$WORK/ds" --tokenizer "$WORK/tok.model" --num-workers 8 --quiet
 rm -rf "$WORK/run"
 torchrun --nproc_per_node "$NGPU" -m genlip.train.trainer run_scripts/configs/so16_stage1.yaml \
-  "data.datasets=[$WORK/ds]" data.num_workers=4 "train.output_dir=$WORK/run" "train.max_steps=$STEPS" \
+  "data.datasets=[$WORK/ds]" model.vocab_size=151936 data.num_workers=4 "train.output_dir=$WORK/run" "train.max_steps=$STEPS" \
   "train.global_batch_rows=$NGPU" train.log_interval=1 train.save_interval=0 "$@" 2>&1 | grep -E "^(GenLIP|step)"
