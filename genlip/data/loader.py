@@ -75,7 +75,8 @@ class RowSource:
     def __init__(self, ds: ShardDataset, spec: PackingSpec):
         self.ds = ds
         prompt_len = len(ds.manifest["prompt"]["ids"])
-        self.plan = PackingPlan(ds.root, spec, ds.lengths(prompt_len), manifest_hash(ds.root))
+        self.plan = PackingPlan(ds.root, spec, num_samples=ds.num_samples, dataset_id=manifest_hash(ds.root),
+                                lengths=lambda: ds.lengths(prompt_len))
         self._epoch_starts = [0]  # first dataset row of each epoch computed so far
 
     def locate(self, j: int) -> tuple[int, int]:

@@ -16,6 +16,7 @@ import bisect
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -92,17 +93,27 @@ def fill_rate(lengths: np.ndarray, row_offsets: np.ndarray, budget: int) -> floa
 class PackingPlan:
     """The stored plan of one dataset for one `PackingSpec`; epochs are built on first use."""
 
-    def __init__(self, root: str | Path, spec: PackingSpec, lengths: np.ndarray, dataset_id: str):
+    def __init__(self, root: str | Path, spec: PackingSpec, *, num_samples: int, dataset_id: str,
+                 lengths: np.ndarray | Callable[[], np.ndarray]):
+        """`lengths` (tokens per sample) may be a function: only building an epoch needs them, so ranks that
+        only read a stored plan never materialise one integer per sample of a billion-sample dataset."""
         self.dir = Path(root) / "packing" / spec.name
-        self.spec, self.lengths, self.dataset_id = spec, np.asarray(lengths, np.int64), dataset_id
+        self.spec, self.num_samples, self.dataset_id = spec, num_samples, dataset_id
+        self._lengths = lengths
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def lengths(self) -> np.ndarray:
+        if callable(self._lengths):
+            self._lengths = self._lengths()
+        return np.asarray(self._lengths, dtype=np.int64)
 
     def _paths(self, epoch: int) -> tuple[Path, Path]:
         return self.dir / f"epoch_{epoch:05d}.rows.npy", self.dir / f"epoch_{epoch:05d}.samples.npy"
 
     def _check_header(self) -> None:
-        header = {"version": PLAN_VERSION, "spec": asdict(self.spec), "num_samples": len(self.lengths),
-                  "dataset": self.dataset_id, "total_tokens": int(self.lengths.sum())}
+        header = {"version": PLAN_VERSION, "spec": asdict(self.spec), "num_samples": self.num_samples,
+                  "dataset": self.dataset_id}
         path = self.dir / "plan.json"
         if path.exists():
             stored = json.loads(path.read_text())
@@ -116,10 +127,13 @@ class PackingPlan:
         """Compute and store one epoch (idempotent: concurrent builders write identical files)."""
         self._check_header()
         rows_path, samples_path = self._paths(epoch)
-        offsets, samples = pack_epoch(self.lengths, self.spec, epoch)
+        lengths = self.lengths
+        if len(lengths) != self.num_samples:
+            raise ValueError(f"{len(lengths)} sample lengths for a dataset of {self.num_samples} samples")
+        offsets, samples = pack_epoch(lengths, self.spec, epoch)
         atomic_save_npy(samples_path, samples)
         atomic_save_npy(rows_path, offsets)  # written last: its presence marks a complete epoch
-        return fill_rate(self.lengths, offsets, self.spec.budget)
+        return fill_rate(lengths, offsets, self.spec.budget)
 
     def has(self, epoch: int) -> bool:
         return self._paths(epoch)[0].exists()

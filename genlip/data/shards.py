@@ -212,7 +212,7 @@ def open_dataset(root: str | Path, *, check: str = "auto") -> ShardDataset:
                        for k in KINDS if f"{rec['name']}.{k}.bin" in rec["files"]}
         except IndexedFormatError as e:
             raise DatasetError(str(e)) from None
-        meta = np.load(f"{base}.meta.npy")
+        meta = np.load(f"{base}.meta.npy", mmap_mode="r")  # 28 bytes per sample: never all in memory
         n = rec["samples"]
         if not len(readers["text"]) == len(readers["image"]) == len(meta) == n:
             raise DatasetError(f"{base}: text/image/meta hold {len(readers['text'])}/{len(readers['image'])}/"

@@ -32,7 +32,7 @@ from genlip import __version__
 from genlip.config import Config, ConfigError, field_help, load_config, padded_vocab, validate
 from genlip.data.loader import LoaderSpec, PackedRows, build_loader
 from genlip.data.packing import PackingSpec
-from genlip.data.shards import load_manifest, manifest_hash
+from genlip.data.shards import DatasetError, load_manifest, manifest_hash
 from genlip.info import count_params
 from genlip.model.genlip import GenLIP
 from genlip.model.init import init_weights, load_full_state_dict
@@ -213,21 +213,27 @@ class Trainer:
         spec = LoaderSpec(datasets=list(datasets), weights=list(d.weights) if datasets == d.datasets else [],
                           packing=PackingSpec(budget=d.seq_len, max_samples_per_row=d.max_samples_per_row, seed=d.seed),
                           global_rows=global_rows, micro_rows=self.cfg.train.micro_batch_rows,
-                          num_workers=d.num_workers, check=d.check)
+                          num_workers=d.num_workers, check="none")  # rank 0 checked them in _build_plans
         return build_loader(spec, dp_rank=self.dp_rank, dp_size=self.dp, rows_consumed=rows_consumed,
                             pin_memory=torch.cuda.is_available())
 
     def _build_plans(self) -> None:
-        """Packing plans of the first epoch are built once, by rank 0, while the others wait."""
+        """Rank 0 checks the datasets against their manifests and builds missing first-epoch packing plans
+        while the others wait; a data error stops every rank with rank 0's message."""
+        error = ""
         if self.rank == 0:
             d = self.cfg.data
-            spec = LoaderSpec(datasets=list(d.datasets), packing=PackingSpec(d.seq_len, d.max_samples_per_row, d.seed),
-                              check=d.check)
-            for src in PackedRows(spec).sources:
-                if not src.plan.has(0):
-                    fill = src.plan.build(0)
-                    self.log.print(f"packing plan {src.plan.dir}: epoch 0 fill rate {100 * fill:.2f}%")
-        dist.barrier()
+            spec = LoaderSpec(datasets=list(d.datasets) + list(d.val_datasets), check=d.check,
+                              packing=PackingSpec(d.seq_len, d.max_samples_per_row, d.seed))
+            try:
+                for src in PackedRows(spec).sources:
+                    if not src.plan.has(0):
+                        fill = src.plan.build(0)
+                        self.log.print(f"packing plan {src.plan.dir}: epoch 0 fill rate {100 * fill:.2f}%")
+            except (DatasetError, ValueError) as e:
+                error = str(e)
+        if _all_reduce(float(bool(error)), op=dist.ReduceOp.MAX) > 0:
+            raise ConfigError(error or "rank 0 found a problem with the data (see its message)")
 
     def _banner(self) -> None:
         c, p, t = self.cfg, self.cfg.parallel, self.cfg.train

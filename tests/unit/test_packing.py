@@ -48,7 +48,7 @@ def test_sample_over_budget_is_a_clear_error():
 def test_stored_plan_is_memory_mapped_per_epoch(tmp_path):
     lengths = stage1_lengths(5000)
     spec = PackingSpec(budget=4096)
-    plan = PackingPlan(tmp_path, spec, lengths, dataset_id="x")
+    plan = PackingPlan(tmp_path, spec, num_samples=len(lengths), dataset_id="x", lengths=lambda: lengths)
     assert not plan.has(0)
     offsets, samples = plan.epoch(0)
     assert isinstance(samples, np.memmap) and plan.has(0) and not plan.has(1)
@@ -57,7 +57,7 @@ def test_stored_plan_is_memory_mapped_per_epoch(tmp_path):
     plan.epoch(1), plan.epoch(2)
     assert sorted(plan._cache) == [1, 2]  # never more than two epochs open
     with pytest.raises(ValueError, match="another dataset"):
-        PackingPlan(tmp_path, spec, lengths, dataset_id="y").epoch(0)
+        PackingPlan(tmp_path, spec, num_samples=len(lengths), dataset_id="y", lengths=lengths).epoch(0)
 
 
 def test_blend_schedule_matches_weights_in_every_block():
