@@ -127,7 +127,7 @@ def run_train(args) -> int:
     name = args.name or run_dir.name
     script = render(SLURM_DIR / "train.sbatch", {
         "JOB_NAME": safe_name(name), "NODES": str(args.nodes), "TASKS_PER_NODE": str(tasks),
-        "CPUS_PER_TASK": str(args.cpus_per_task), "TIME": slurm_time(args.time), "RUN_DIR": sbatch_path(run_dir),
+        "CPUS_PER_TASK": str(args.cpus_per_task), "TIME": slurm_time(args.time), "RUN_DIR": sbatch_path(run_dir), "RUN_DIR_SHELL": shlex.quote(str(run_dir)),
         "SIGNAL_SECONDS": str(args.signal_seconds), "REQUEUE_CODE": str(REQUEUE_CODE),
         "SBATCH_EXTRA": sbatch_extra(args.partition, args.account, args.qos, args.gpus_per_node, args.sbatch_arg),
         "WORKDIR": shlex.quote(str(Path.cwd())), "ENV_FILE": shlex.quote(str(SLURM_DIR / "env.sh")),

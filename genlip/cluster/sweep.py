@@ -87,7 +87,7 @@ def run_submit(args) -> int:
         print("  " + plan_job(cfg, world=s["nodes"] * tasks, gpus_per_node=s["gpus_per_node"],
                               gpu_memory_gib=s["gpu_memory_gib"], force=args.force).replace("\n", "\n  "))
         cmd = [args.python, "-m", "genlip.train.trainer", str(config), *overrides, f"train.output_dir={run_dir}"]
-        cases.append(f"  {i}) CMD=({shlex.join(cmd)}) ;;")
+        cases.append(f"  {i}) RUN={shlex.quote(str(run_dir))}; CMD=({shlex.join(cmd)}) ;;")
     script = render(SLURM_DIR / "sweep.sbatch", {
         "JOB_NAME": safe_name(sweep["name"]), "LAST_TASK": str(len(pts) - 1), "NODES": str(s["nodes"]),
         "TASKS_PER_NODE": str(tasks), "CPUS_PER_TASK": str(s["cpus_per_task"]), "TIME": slurm_time(str(s["time"])),

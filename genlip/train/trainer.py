@@ -49,6 +49,7 @@ from megatron_ext import (MegatronMpu, TensorParallelKit, assert_groups_match, d
 EXIT_REQUEUE = 75
 EXIT_BAD_STEPS = 3
 EXIT_CONFIG = 2
+REQUEUE_MARKER = "REQUEUE"
 
 
 def set_env_from_launcher() -> None:
@@ -410,6 +411,10 @@ class Trainer:
         if code == 0:
             self.export()
         self._write_result(code)
+        if code == EXIT_REQUEUE and self.rank == 0:
+            # The job script requeues on this file as well as on the exit code: srun may report another
+            # code when it stops the remaining tasks after the first one exits.
+            (self.run_dir / REQUEUE_MARKER).write_text(f"{self.state['step']}\n")
         self.log.close()
         return code
 

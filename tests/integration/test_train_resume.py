@@ -55,7 +55,7 @@ def _wait_for(path, timeout=300):
 
 
 def test_sigkill_then_rerun_equals_uninterrupted(setup):
-    """Two processes (DP=2, ZeRO-1: optimizer shards per rank), killed after the step-8 checkpoint."""
+    """Two processes (DP=2, ZeRO-1: optimizer shards per rank), killed after the step-4 checkpoint."""
     root, config, _ = setup
     ref = root / "ref_dp2"
     proc = run_train(2, config, f"train.output_dir={ref}", "parallel.zero_stage=1")
@@ -64,7 +64,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(setup):
     cmd = train_cmd(2, config, f"train.output_dir={out}", "parallel.zero_stage=1")
     proc = subprocess.Popen(cmd, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    _wait_for(out / "checkpoints" / "step000000008" / "genlip_state.json")
+    _wait_for(out / "checkpoints" / "step000000004" / "genlip_state.json")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "model.safetensors").exists()

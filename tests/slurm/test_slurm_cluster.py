@@ -135,10 +135,10 @@ output_dir: {root / 'sweeps'}
 def test_preemption_requeues_and_resumes_exactly(data):
     root, config, _, _ = data
     ref = root / "preempt_ref"
-    proc = run_train(2, config, f"train.output_dir={ref}", "train.max_steps=12")
+    proc = run_train(2, config, f"train.output_dir={ref}", "train.max_steps=24")
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = root / "preempt"
-    job = submit("train", str(config), "train.max_steps=12", "--gpus-per-node", "0", "--tasks-per-node", "2",
+    job = submit("train", str(config), "train.max_steps=24", "--gpus-per-node", "0", "--tasks-per-node", "2",
                  "--cpus-per-task", "1", "--time", "10:00", "--run-dir", str(run))
     deadline = time.time() + 300
     while not (run / "checkpoints" / "latest").exists() and time.time() < deadline:

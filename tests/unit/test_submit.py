@@ -88,7 +88,7 @@ output_dir: {tmp_path}
 """)
     assert sweep_main(["submit", str(sweep), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "#SBATCH --array=0-3" in out and out.count(") CMD=(") == 4
+    assert "#SBATCH --array=0-3" in out and out.count("; CMD=(") == 4
     assert "model.preset=small train.seed=2 train.output_dir=" + str(tmp_path / "sizes" / "point_003") in out
     (tmp_path / "bad.yaml").write_text("name: x\nconfig: y\ngrid: {a: []}\n")
     assert sweep_main(["submit", str(tmp_path / "bad.yaml"), "--dry-run"]) == 2
