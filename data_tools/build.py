@@ -26,7 +26,7 @@ from tqdm import tqdm
 from data_tools.sources import InputError, RawSample, SourceOptions, Skip, expand_inputs, iter_source
 from genlip.data.images import BadImage, ImageMode, encode_image, load_image, resize_for_mode
 from genlip.atomic import atomic_write_json
-from genlip.data.shards import FORMAT, SCHEMA_VERSION, ShardWriter, load_manifest, shard_files
+from genlip.data.shards import FORMAT, SCHEMA_VERSION, ShardWriter
 from genlip.data.tokenizer import Tokenizer, file_sha256
 
 STAGE1_PROMPT = "Describe the image in detail."
@@ -284,4 +284,4 @@ def run(args) -> int:
     return 0
 
 
-__all__ = ["BuildOptions", "build", "build_shard", "load_manifest", "shard_files"]
+__all__ = ["BuildOptions", "build", "build_shard"]

@@ -14,9 +14,10 @@ from megatron_ext import TensorParallelKit, tp_group
 
 def build_tp_model(cfg: ModelConfig, *, seed: int | None = 0, params_dtype=torch.float32) -> GenLIP:
     """GenLIP on megatron-core TP layers over the current TP group (init_parallel must have run)."""
-    if cfg.vocab_size % TensorParallelKit().tp:
-        raise ValueError(f"vocab_size {cfg.vocab_size} is not divisible by tp; pad the vocabulary")
-    return build_model(cfg, kit=TensorParallelKit(params_dtype=params_dtype), seed=seed)
+    kit = TensorParallelKit(params_dtype=params_dtype)
+    if cfg.vocab_size % kit.tp:
+        raise ValueError(f"vocab_size {cfg.vocab_size} is not divisible by tp={kit.tp}; pad the vocabulary")
+    return build_model(cfg, kit=kit, seed=seed)
 
 
 def gather_full(local: torch.Tensor, param: nn.Parameter) -> torch.Tensor:
