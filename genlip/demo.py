@@ -24,7 +24,7 @@ from pathlib import Path
 from genlip.data.synthetic import score_captions, write_webdataset_shards
 from genlip.evaluate import greedy_captions, load_held_out, plot_loss_curve, token_accuracy
 from genlip.model import GenLIP
-from genlip.train.export import load_model_file
+from genlip.weights.model_file import load_model_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "run_scripts" / "configs" / "demo.yaml"

@@ -10,8 +10,9 @@ Legend: B rows, S slots per row, N patches, L text slots, M targets, D width, E 
 (local to the TP rank for the LM head).
 
 Deliberate choices (see GENLIP_SPEC):
-- Loss normalisation follows the reference: mean over the targets of each packed row, then mean over
-  rows (rows without targets are left out).
+- Loss normalisation follows the reference: the mean over every target of the micro-batch (a token
+  mean across its rows, not a mean of per-row means). Gradient accumulation and data parallelism then
+  average the micro-batch means (docs/ARCHITECTURE.md, "Loss normalisation").
 - DropPath draws once per packed row, as in the reference.
 - Padding slots attend only to themselves (keeps softmax finite); nothing real attends to them.
 """
@@ -36,7 +37,7 @@ from genlip.model.rope import make_rope
 
 @dataclass
 class LossOutput:
-    loss: torch.Tensor  # scalar: mean over rows of each row's mean target loss
+    loss: torch.Tensor  # scalar: mean over every target of the micro-batch (0 with no targets)
     row_loss_sum: torch.Tensor  # [B] fp32 sum of target losses per row (detached)
     row_targets: torch.Tensor  # [B] number of targets per row
 
@@ -102,8 +103,7 @@ class Head(nn.Module):
         tok_loss = self.kit.cross_entropy(logits, targets)
         row_sum = tok_loss.new_zeros(B).index_add(0, layout.target_row, tok_loss)
         row_cnt = torch.bincount(layout.target_row, minlength=B)
-        has = row_cnt > 0
-        loss = (row_sum[has] / row_cnt[has]).mean() if bool(has.any()) else tok_loss.sum()
+        loss = tok_loss.sum() / max(len(targets), 1)
         return LossOutput(loss, row_sum.detach(), row_cnt)
 
 

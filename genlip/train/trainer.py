@@ -40,7 +40,8 @@ from genlip.parallel.pipeline import build_pipeline_model, canonical_name, pipel
 from genlip.train.checkpoint import (check_resume_compatible, latest_checkpoint, load_checkpoint,
                                      save_checkpoint)
 from genlip.train.ds_config import build_ds_config
-from genlip.train.export import consolidated_state_dict, load_model_file, save_model
+from genlip.parallel.consolidate import consolidated_state_dict
+from genlip.weights.model_file import load_model_file, save_model
 from genlip.train.metrics import Logger, batch_stats, memory_gib, peak_tflops
 from genlip.train.schedule import lr_at
 from megatron_ext import (MegatronMpu, TensorParallelKit, assert_groups_match, destroy_parallel, dp_rank,

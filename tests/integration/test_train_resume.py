@@ -12,7 +12,7 @@ import torch
 
 from data_tools.cli import main as data_main
 from genlip.model import GenLIP
-from genlip.train.export import load_model_file
+from genlip.weights.model_file import load_model_file
 from tests.helpers import build_tiny_dataset, read_metrics, read_samples, run_train, train_cmd, train_env
 
 STEPS = 12

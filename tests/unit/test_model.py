@@ -49,7 +49,26 @@ def test_packed_row_equals_samples_alone():
             torch.testing.assert_close(h_single[0, :length], h_packed[b, start:start + length], atol=2e-5, rtol=1e-4)
         assert packed.row_targets[b] == count
         assert packed.row_loss_sum[b].item() / count == pytest.approx(weighted / count, rel=1e-5)
-    assert packed.loss.item() == pytest.approx((packed.row_loss_sum / packed.row_targets).mean().item(), rel=1e-6)
+    assert packed.loss.item() == pytest.approx((packed.row_loss_sum.sum() / packed.row_targets.sum()).item(), rel=1e-6)
+
+
+def test_loss_is_token_mean_over_the_micro_batch():
+    """Two rows with 12 and 4 targets: the loss is the mean over all 16 targets (the reference stacks its
+    rows into one micro-batch and takes cross-entropy's mean), not the mean of the two row means."""
+    cfg = get_preset("tiny")
+    model = build_model(cfg, seed=3).eval()
+    batch = make_batch([[[2, 2, 2, 12]], [[3, 2, 1, 4]]], 24, cfg.vocab_size, cfg.patch_dim, seed=5)
+    with torch.no_grad():
+        out = model(batch)
+        h, layout = model.hidden(batch)
+        logits = model.logits(h.reshape(-1, h.shape[-1])[layout.target_index])
+    targets = batch.tokens.reshape(-1)[layout.target_index + 1]
+    assert out.row_targets.tolist() == [12, 4]
+    token_mean = torch.nn.functional.cross_entropy(logits, targets).item()  # independent: torch's own mean
+    per_tok = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    row_mean = (per_tok[:12].mean() + per_tok[12:].mean()).item() / 2
+    assert out.loss.item() == pytest.approx(token_mean, rel=1e-6)
+    assert abs(token_mean - row_mean) > 1e-3  # the case tells the two rules apart
 
 
 def length_pad(k):

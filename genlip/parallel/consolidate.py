@@ -1,4 +1,4 @@
-"""Consolidate a (TP x PP x ZeRO) model into one single-process state dict: safetensors + config JSON.
+"""Consolidate a live (TP x PP x ZeRO) model into one single-process state dict (all ranks take part).
 
 Every rank takes part: TP slices are gathered inside each TP group, pipeline stages send their part
 to global rank 0, and ZeRO-3 partitions are gathered with DeepSpeed's GatheredParameters. The names are
@@ -8,15 +8,10 @@ the single-process model's (embed.*, blocks.i.*, head.*), so the file loads into
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 
-from genlip.model.config import ModelConfig
 from genlip.parallel.tensor_parallel import gather_full
 
 
@@ -45,20 +40,3 @@ def consolidated_state_dict(module, *, name_map=None, zero3: bool = False) -> di
         if part:
             merged.update(part)
     return merged
-
-
-def save_model(path: Path, state: dict[str, torch.Tensor], cfg: ModelConfig, extra: dict | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "genlip"})
-    tmp.replace(path)
-    meta = {"model": dataclasses.asdict(cfg), **(extra or {})}
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-
-
-def load_model_file(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
-    """(state dict, model config) of an exported model."""
-    meta = json.loads(Path(path).with_suffix(".json").read_text())
-    m = meta["model"]
-    m["mrope_section"] = tuple(m["mrope_section"])
-    return load_file(str(path)), ModelConfig(**m)

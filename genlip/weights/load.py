@@ -1,0 +1,80 @@
+"""`load_model(path)`: whatever a user points at -> a single-process GenLIP on one device.
+
+Accepted: a project model file (`model.safetensors` + `model.json`), a directory holding one (an export
+or a finished run), and (see `genlip.weights.official` / `genlip.weights.deepspeed_files`) the authors'
+Hugging Face layout, a DeepSpeed checkpoint directory `RUN/checkpoints/stepN`, or a run directory
+without a final export (its newest checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from genlip.model.config import ModelConfig
+from genlip.model.genlip import GenLIP
+from genlip.weights.model_file import load_model_file
+
+MODEL_FILE = "model.safetensors"
+
+
+class ModelPathError(ValueError):
+    """The path holds no model this project can read; the message says what was expected."""
+
+
+@dataclass
+class LoadedModel:
+    model: GenLIP
+    config: ModelConfig
+    tokenizer: Path | None
+    """The tokenizer file the model was trained with, when known."""
+    source: str
+    """What was loaded (for logs)."""
+
+
+def _tokenizer_near(model_file: Path) -> Path | None:
+    meta_file = model_file.with_suffix(".json")
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    if meta.get("tokenizer") and (model_file.parent / meta["tokenizer"]).is_file():
+        return model_file.parent / meta["tokenizer"]
+    for name in ("tokenizer.model", "tokenizer.json"):
+        if (model_file.parent / name).is_file():
+            return model_file.parent / name
+    return run_tokenizer(model_file.parent)
+
+
+def run_tokenizer(run_dir: Path) -> Path | None:
+    """The tokenizer of a run directory's first training dataset (from its config.yaml), if it exists."""
+    cfg_file = Path(run_dir) / "config.yaml"
+    if not cfg_file.is_file():
+        return None
+    datasets = json.loads(cfg_file.read_text()).get("data", {}).get("datasets") or []
+    for d in datasets[:1]:
+        manifest = Path(d) / "manifest.json"
+        if manifest.is_file():
+            tok = Path(d) / json.loads(manifest.read_text())["tokenizer"]["file"]
+            return tok if tok.is_file() else None
+    return None
+
+
+def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, Path | None, str]:
+    """(full state dict with the project's names, model config, tokenizer or None, description)."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".safetensors":
+        state, cfg = load_model_file(path)
+        return state, cfg, _tokenizer_near(path), str(path)
+    if path.is_dir() and (path / MODEL_FILE).is_file() and (path / "model.json").is_file():
+        return load_state(path / MODEL_FILE)
+    raise ModelPathError(f"{path}: no model found there; expected a model.safetensors with its model.json "
+                         "(genlip-export output or a finished run directory)")
+
+
+def load_model(path: str | Path, *, device="cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """A plain (single-process) GenLIP in eval mode with the weights at `path`."""
+    state, cfg, tok, source = load_state(path)
+    model = GenLIP(cfg)
+    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
+    return LoadedModel(model.to(device=device, dtype=dtype).eval(), cfg, tok, source)
