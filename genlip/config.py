@@ -50,7 +50,7 @@ class DataSection:
     weights: list = field(default_factory=list)
     """Blend weights of the datasets (default: equal)."""
     val_datasets: list = field(default_factory=list)
-    """Held-out dataset directories for validation loss (default: none)."""
+    """Held-out dataset directories: validation loss every train.eval_interval steps and at the end (default: none)."""
     seq_len: int = 16384
     """Token slots per packed row (the packing budget)."""
     max_samples_per_row: int = 128
@@ -120,9 +120,10 @@ class TrainSection:
     log_interval: int = 10
     """Steps between console/TensorBoard lines."""
     eval_interval: int = 0
-    """Steps between validation losses (0: never)."""
-    eval_rows: int = 8
-    """Validation rows per evaluation."""
+    """Steps between validation losses (0: only the final one, at the end of the run)."""
+    eval_rows: int = 0
+    """Held-out rows per validation, from each val dataset's first packing epoch (0: all of them, every
+    held-out sample once)."""
     save_interval: int = 1000
     """Steps between checkpoints (0: only at the end and on signals)."""
     keep_last: int = 3

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from genlip.data.images import decode_stored
+from genlip.data.images import decode_stored, patchify_uint8
 from genlip.data.packing import PackingPlan, PackingSpec
 from genlip.data.shards import ShardDataset, manifest_hash, open_dataset, read_sample
 from genlip.model.batch import PackedBatch
@@ -126,7 +126,10 @@ class PackedRows:
         return i, block * int(self.per_block[i]) + int(self.rank[pos])
 
     def row(self, r: int) -> tuple[dict, RowInfo]:
-        i, j = self.locate(r)
+        return self.dataset_row(*self.locate(r), global_row=r)
+
+    def dataset_row(self, i: int, j: int, *, global_row: int = -1) -> tuple[dict, RowInfo]:
+        """Row j of dataset i (across its epochs), as `row` returns it."""
         ds = self.datasets[i]
         default_prompt = np.asarray(ds.manifest["prompt"]["ids"], dtype=np.int64)
         S, K = self.spec.packing.budget, self.spec.packing.max_samples_per_row
@@ -138,7 +141,7 @@ class PackedRows:
             image, text, prompt, meta = read_sample(ds, int(s))
             grid = (int(meta["grid_h"]), int(meta["grid_w"]))
             prompt = default_prompt if prompt is None else prompt
-            patches.append(_uint8_patches(decode_stored(image, grid, ds.image_mode), self.patch))
+            patches.append(patchify_uint8(decode_stored(image, grid, ds.image_mode), self.patch))
             pos += grid[0] * grid[1]
             tokens[pos:pos + len(prompt)] = prompt
             tokens[pos + len(prompt):pos + len(prompt) + len(text)] = text
@@ -146,15 +149,8 @@ class PackedRows:
             segments[k] = (grid[0], grid[1], len(prompt), len(text))
             keys.append(int(meta["key_hash"]))
         pixels = np.concatenate(patches) if patches else np.zeros((0, 3 * self.patch**2), np.uint8)
-        info = RowInfo(r, i, idx, np.asarray(keys, dtype=np.uint64))
+        info = RowInfo(global_row, i, idx, np.asarray(keys, dtype=np.uint64))
         return {"pixels": pixels, "tokens": tokens, "segments": segments}, info
-
-
-def _uint8_patches(arr: np.ndarray, patch: int) -> np.ndarray:
-    """uint8 [h*w, 3*p*p] patches laid out (C, p, p); normalised on the device by the model."""
-    H, W, C = arr.shape
-    h, w = H // patch, W // patch
-    return arr.reshape(h, patch, w, patch, C).transpose(0, 2, 4, 1, 3).reshape(h * w, C * patch * patch)
 
 
 class MicroBatches(torch.utils.data.Dataset):
@@ -180,6 +176,9 @@ class MicroBatches(torch.utils.data.Dataset):
 
     def __len__(self):  # effectively unbounded; the trainer decides when to stop
         return 2**62
+
+
+_uint8_patches = patchify_uint8  # the old private name, still imported by tests and benchmarks
 
 
 def collate(rows: list[dict]) -> PackedBatch:

@@ -1,7 +1,7 @@
 """Layout-independent weight initialisation and tensor-parallel slicing.
 
 Every parameter carries its init rule (`genlip_init`) and, when split over tensor-parallel ranks, its
-split (`tp_split` = (dim, stride, rank, world)). `init_weights` draws each parameter's *full* tensor
+split (`tp_split` = (dim, stride, rank, world)); the plain kit declares the split it would get (`tp_plan`). `init_weights` draws each parameter's *full* tensor
 from a generator seeded by (seed, parameter name) and keeps this rank's slice, so a model initialised
 with the same seed has the same weights under any TP/PP layout. Init rules follow GENLIP_SPEC
 section 4: normal(0, 0.02) for linears, patch conv and embedding; xavier-uniform for attention q/k/v/out
@@ -31,6 +31,15 @@ def set_tp_split(param: nn.Parameter, *, dim: int, stride: int, rank: int, world
     return param
 
 
+def set_tp_plan(param: nn.Parameter, *, dim: int, stride: int = 1):
+    """Declare how tensor parallelism splits this (full) parameter: along `dim`, in `stride` blocks.
+
+    The plain kit declares it for every parameter the tensor-parallel kit splits (a test keeps the two
+    equal), so offline tools (checkpoint readers, converters) know the split without process groups."""
+    param.tp_plan = (dim, stride)
+    return param
+
+
 def full_shape(param: torch.Tensor) -> tuple[int, ...]:
     shape = list(param.shape)
     split = getattr(param, "tp_split", None)
@@ -40,14 +49,25 @@ def full_shape(param: torch.Tensor) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def split_tensor(full: torch.Tensor, *, dim: int, stride: int, rank: int, world: int) -> torch.Tensor:
+    """Rank `rank`'s slice of `full`: slice `rank` of each of the `stride` blocks along `dim`."""
+    pieces = full.chunk(world * stride, dim=dim)
+    return torch.cat([pieces[j * world + rank] for j in range(stride)], dim=dim)
+
+
+def merge_tensors(locals_: list[torch.Tensor], *, dim: int, stride: int) -> torch.Tensor:
+    """Inverse of `split_tensor`: the full tensor from every rank's slice, in rank order."""
+    per_rank = [t.chunk(stride, dim=dim) for t in locals_]
+    return torch.cat([per_rank[r][j] for j in range(stride) for r in range(len(locals_))], dim=dim)
+
+
 def shard_tensor(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """This rank's slice of `full` for `param` (identity for unsplit parameters)."""
     split = getattr(param, "tp_split", None)
     if split is None:
         return full
     dim, stride, rank, world = split
-    pieces = full.chunk(world * stride, dim=dim)
-    return torch.cat([pieces[j * world + rank] for j in range(stride)], dim=dim)
+    return split_tensor(full, dim=dim, stride=stride, rank=rank, world=world)
 
 
 def unshard_tensors(locals_: list[torch.Tensor], param: torch.Tensor) -> torch.Tensor:
@@ -55,9 +75,7 @@ def unshard_tensors(locals_: list[torch.Tensor], param: torch.Tensor) -> torch.T
     split = getattr(param, "tp_split", None)
     if split is None:
         return locals_[0]
-    dim, stride, _, world = split
-    per_rank = [t.chunk(stride, dim=dim) for t in locals_]
-    return torch.cat([per_rank[r][j] for j in range(stride) for r in range(world)], dim=dim)
+    return merge_tensors(locals_, dim=split[0], stride=split[1])
 
 
 def _draw(rule, shape, gen) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlip.model.init import set_init
+from genlip.model.init import set_init, set_tp_plan
 
 
 def xavier_or_normal(param: nn.Parameter, init: str, std: float, fan: tuple[int, int]):
@@ -32,19 +32,23 @@ class PlainKit:
                std: float = 0.02, chunks: int = 1) -> nn.Module:
         """y = x W^T + b; with TP each rank gets `1/tp` of every one of the `chunks` output blocks."""
         layer = nn.Linear(in_features, out_features, bias=bias)
-        xavier_or_normal(layer.weight, init, std, (out_features, in_features))
+        xavier_or_normal(set_tp_plan(layer.weight, dim=0, stride=chunks), init, std, (out_features, in_features))
         if bias:
-            set_init(layer.bias, "const", 0.0)
+            set_init(set_tp_plan(layer.bias, dim=0, stride=chunks), "const", 0.0)
         return layer
 
     def row(self, in_features: int, out_features: int, *, bias: bool = True, init: str = "normal",
             std: float = 0.02) -> nn.Module:
         """y = x W^T + b; with TP the input features are split and the output summed over ranks."""
-        return self.column(in_features, out_features, bias=bias, init=init, std=std)
+        layer = nn.Linear(in_features, out_features, bias=bias)
+        xavier_or_normal(set_tp_plan(layer.weight, dim=1), init, std, (out_features, in_features))
+        if bias:
+            set_init(layer.bias, "const", 0.0)  # added after the reduction: replicated
+        return layer
 
     def embedding(self, num: int, dim: int, *, std: float = 0.02) -> nn.Module:
         emb = nn.Embedding(num, dim)
-        set_init(emb.weight, "normal", std)
+        set_init(set_tp_plan(emb.weight, dim=0), "normal", std)
         return emb
 
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor,

@@ -44,6 +44,7 @@ from genlip.parallel.consolidate import consolidated_state_dict
 from genlip.weights.model_file import load_model_file, save_model
 from genlip.train.metrics import Logger, batch_stats, memory_gib, peak_tflops
 from genlip.train.schedule import lr_at
+from genlip.train.validation import batch_targets, plan_validation, val_batches
 from megatron_ext import (MegatronMpu, TensorParallelKit, assert_groups_match, destroy_parallel, dp_rank,
                           dp_world_size, init_parallel, pp_rank, tp_rank)
 
@@ -167,8 +168,10 @@ class Trainer:
         self.device = self.engine.device
         self.datasets_id = [manifest_hash(d) for d in cfg.data.datasets]
         self.state = {"step": 0, "samples": 0, "rows": 0, "tokens": 0, "skipped_steps": 0, "flops": 0.0,
-                      "wall_time": 0.0, "last_loss": None, "last_val_loss": None}
+                      "wall_time": 0.0, "last_loss": None, "last_step_loss": None, "last_val_loss": None,
+                      "last_val_step": None}
         self.samples_log = None
+        self.val_rows = None
         if t.record_samples and self.tp_rank == 0 and self.pp_rank == 0:
             (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
             self.samples_log = open(self.run_dir / "samples" / f"dp_{self.dp_rank:05d}.jsonl", "a")
@@ -206,7 +209,7 @@ class Trainer:
         tag, saved = found
         check_resume_compatible(saved["identity"], self._resume_identity())
         load_checkpoint(self.engine, self.ckpt_dir, tag)
-        self.state = saved["progress"]
+        self.state.update(saved["progress"])
         self.log.print(f"resumed from {self.ckpt_dir / tag}: step {self.state['step']}, "
                        f"{self.state['samples']:,} samples, {self.state['rows']:,} rows consumed")
 
@@ -311,22 +314,46 @@ class Trainer:
             for group in self.engine.optimizer.param_groups:
                 group["lr"] = 0.0
 
-    def _evaluate(self) -> float | None:
-        """Validation loss on the first global batch of the held-out datasets (same rows every time)."""
-        d, pp = self.cfg.data, self.cfg.parallel.pp
+    def _validate(self) -> dict | None:
+        """Token-mean caption loss over the held-out rows (genlip.train.validation); same on every rank."""
+        d, t, pp = self.cfg.data, self.cfg.train, self.cfg.parallel.pp
         if not d.val_datasets:
             return None
-        batches = None
-        if pp == 1 or self.pp_rank in (0, pp - 1):
-            it = iter(self._loader(d.val_datasets, 0, self.cfg.train.global_batch_rows))
-            batches = [next(it)[0] for _ in range(self.accum)]
-        if pp > 1:
-            return float(self.engine.eval_batch(iter([pipeline_batch(b) for b in batches]) if batches else None))
+        if self.val_rows is None:
+            self.val_rows = PackedRows(LoaderSpec(datasets=list(d.val_datasets), check="none", packing=PackingSpec(
+                d.seq_len, d.max_samples_per_row, d.seed)))
+        plan = plan_validation(self.val_rows, eval_rows=t.eval_rows, micro_rows=t.micro_batch_rows, dp=self.dp,
+                               dp_rank=self.dp_rank)
+        holds_data = pp == 1 or self.pp_rank in (0, pp - 1)
+        batches = val_batches(self.val_rows, plan, micro_rows=t.micro_batch_rows, fixed_shape=pp > 1,
+                              num_workers=d.num_workers) if holds_data else ((None, w) for w in plan.weights)
+        contributes = self.tp_rank == 0 and self.pp_rank == pp - 1
+        loss_sum = targets = 0.0
         self.engine.module.eval()
         with torch.no_grad():
-            loss = torch.stack([self.engine.module(b.to(self.device)).loss.float() for b in batches]).mean().item()
+            for batch, weight in batches:
+                if pp > 1:
+                    data = iter([pipeline_batch(batch)]) if batch is not None else None
+                    loss = float(self.engine.eval_batch(data, num_micro_batches=1))
+                else:
+                    loss = float(self.engine.module(batch.to(self.device)).loss)
+                if contributes and weight:
+                    n = batch_targets(batch)
+                    loss_sum, targets = loss_sum + loss * n, targets + n
         self.engine.module.train()
-        return _all_reduce(loss, group=MegatronMpu.get_data_parallel_group()) / self.dp
+        loss_sum, targets = _all_reduce(loss_sum), _all_reduce(targets)
+        return {"loss": loss_sum / targets if targets else float("nan"), "targets": int(targets),
+                "rows": plan.total_rows}
+
+    def _log_validation(self, final: bool = False) -> None:
+        val = self._validate()
+        if val is None:
+            return
+        self.state["last_val_loss"] = val["loss"]
+        self.state["last_val_step"] = self.state["step"]
+        self.log.print(f"step {self.state['step']} | {'final ' if final else ''}validation loss {val['loss']:.4f} "
+                       f"({val['rows']:,} held-out rows, {val['targets']:,} target tokens)")
+        self.log.scalars(self.state["step"], self.state["samples"], {"val/loss": val["loss"]})
 
     def _save(self) -> None:
         state = {"identity": self._resume_identity(), "progress": dict(self.state), "config": self.cfg.to_dict(),
@@ -375,6 +402,7 @@ class Trainer:
                 bad_in_a_row += 1
             else:
                 bad_in_a_row = 0
+                self.state["last_step_loss"] = r["loss"]
                 window["loss"] += r["loss"]
                 window["n"] += 1
             for k, v in (("steps", 1), ("time", dt), ("wait", r["data_wait"]), ("samples", r["samples"]), ("tokens", r["tokens"]),
@@ -385,11 +413,7 @@ class Trainer:
                 self._log_window(window, lr, peak)
                 window = dict.fromkeys(window, 0.0)
             if t.eval_interval and step % t.eval_interval == 0:
-                val = self._evaluate()
-                if val is not None:
-                    self.state["last_val_loss"] = val
-                    self.log.print(f"step {step} | validation loss {val:.4f}")
-                    self.log.scalars(step, self.state["samples"], {"val/loss": val})
+                self._log_validation()
             if bad_in_a_row >= t.max_bad_steps:
                 self.log.print(f"stopping: {bad_in_a_row} consecutive steps had a non-finite loss or gradient norm "
                                "and were skipped; the checkpoint holds the last good weights. Lower optim.lr, check "
@@ -410,6 +434,8 @@ class Trainer:
         if not (t.save_interval and self.state["step"] % t.save_interval == 0 and code == 0):
             self._save()
         if code == 0:
+            if self.state["last_val_step"] != self.state["step"]:
+                self._log_validation(final=True)
             self.export()
         self._write_result(code)
         if code == EXIT_REQUEUE and self.rank == 0:
@@ -426,8 +452,10 @@ class Trainer:
         n, st = count_params(self.model_cfg), self.state
         status = {0: "done", EXIT_REQUEUE: "requeued", EXIT_BAD_STEPS: "stopped_bad_steps"}.get(code, "failed")
         result = {"status": status, "preset": self.cfg.model.preset, "config": self.cfg.to_dict(),
-                  "step": st["step"], "samples": st["samples"], "tokens": st["tokens"], "final_loss": st["last_loss"],
-                  "val_loss": st["last_val_loss"], "params_total": n.total, "params_trunk": n.trunk,
+                  "step": st["step"], "samples": st["samples"], "tokens": st["tokens"],
+                  "final_loss": st["last_step_loss"], "train_loss_last_interval": st["last_loss"],
+                  "val_loss": st["last_val_loss"], "val_step": st["last_val_step"],
+                  "params_total": n.total, "params_trunk": n.trunk,
                   "train_flops": st["flops"], "wall_time_s": st["wall_time"],
                   "samples_per_s": st["samples"] / st["wall_time"] if st["wall_time"] else None}
         (self.run_dir / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")

@@ -17,6 +17,7 @@ import torch
 from genlip.model.config import ModelConfig
 from genlip.model.genlip import GenLIP
 from genlip.weights.model_file import load_model_file
+from genlip.weights.official import is_official_dir, load_official
 
 MODEL_FILE = "model.safetensors"
 
@@ -68,6 +69,9 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, 
         return state, cfg, _tokenizer_near(path), str(path)
     if path.is_dir() and (path / MODEL_FILE).is_file() and (path / "model.json").is_file():
         return load_state(path / MODEL_FILE)
+    if path.is_dir() and is_official_dir(path):
+        state, cfg = load_official(path)
+        return state, cfg, _tokenizer_near(path / MODEL_FILE), f"{path} (authors' Hugging Face layout)"
     raise ModelPathError(f"{path}: no model found there; expected a model.safetensors with its model.json "
                          "(genlip-export output or a finished run directory)")
 

@@ -16,3 +16,4 @@ def test_tensor_parallel_matches_single_process(tp, tmp_path):
     worst = max(r["grad_max_diff"].items(), key=lambda kv: kv[1])
     assert worst[1] < 1e-6 * max(1.0, r["grad_max_abs"]), worst
     assert r["init_max_diff"] == 0.0  # same seed -> same weights under any TP layout
+    assert r["plan_mismatch"] == []  # the plain kit declares exactly the splits the TP kit makes

@@ -2,7 +2,9 @@
 
 Weights are drawn per parameter from (seed, name), so every layout starts from the same model; the
 loader hands each data-parallel replica its slice of the same global rows. Tolerance: 2e-5 relative
-per step (reductions run in different orders); the consumed rows are identical."""
+per step (reductions run in different orders); the consumed rows are identical. The final validation
+over the whole held-out set (micro-batches of 2 rows over an odd number of rows: a pipeline fills the
+last one with an empty row; replicas with fewer micro-batches repeat one with weight 0) matches too."""
 
 import pytest
 
@@ -18,8 +20,8 @@ def setup(tmp_path_factory):
     config = root / "tiny.yaml"
     config.write_text(f"""
 model: {{preset: tiny}}
-data: {{datasets: [{root / 'ds'}], seq_len: 256, max_samples_per_row: 8, num_workers: 0}}
-train: {{total_samples: 1.0e6, max_steps: {STEPS}, global_batch_rows: 4, micro_batch_rows: 1, dtype: fp32,
+data: {{datasets: [{root / 'ds'}], val_datasets: [{root / 'ds'}], seq_len: 256, max_samples_per_row: 8, num_workers: 0}}
+train: {{total_samples: 1.0e6, max_steps: {STEPS}, global_batch_rows: 4, micro_batch_rows: 2, dtype: fp32,
         activation_checkpointing: true, log_interval: 1, save_interval: 0, record_samples: true}}
 """)
     ref = root / "ref"
@@ -51,6 +53,7 @@ def test_layout_matches_single_process(setup, name):
     for step in ref:
         assert got[step]["train/loss"] == pytest.approx(ref[step]["train/loss"], rel=2e-5), (name, step)
         assert got[step]["samples"] == ref[step]["samples"]
+    assert got[STEPS]["val/loss"] == pytest.approx(ref[STEPS]["val/loss"], rel=2e-5), name
     flat = lambda s: [(r, k) for rep in s for rows, keys in [rep] for r, k in zip(rows, keys)]  # noqa: E731
     assert {st: sorted(flat(v)) for st, v in read_samples(out).items()} == \
         {st: sorted(flat(v)) for st, v in ref_samples.items()}

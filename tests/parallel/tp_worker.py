@@ -57,6 +57,10 @@ def main():
         "grad_max_abs": max(p.grad.abs().max().item() for p in ref.parameters()),
         "init_max_diff": max((init_full[n] - p).abs().max().item() for n, p in ref.named_parameters()),
         "num_params": len(grad_diff),
+        # the plain kit's declared split (offline tools use it) against the split the TP kit made
+        "plan_mismatch": [n for n, p in tp_model.named_parameters()
+                          if getattr(p, "tp_split", (None, None))[:2] != getattr(dict(ref.named_parameters())[n], "tp_plan",
+                                                                                 (None, None))],
     }
     if torch.distributed.get_rank() == 0:
         with open(args.out, "w") as f:
