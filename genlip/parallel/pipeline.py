@@ -7,7 +7,8 @@ attention indices from the small segment table (cached by content), never an [S,
 stage computes the loss itself, so DeepSpeed's `loss_fn` passes it through.
 
 Parameter names inside a PipelineModule are `{layer index}.{name}`; `canonical_name` maps them to the
-single-process names (embed.*, blocks.i.*, head.*) used for initialisation and checkpoint export.
+single-process names (embed.*, blocks.i.*, head.*) used for initialisation and checkpoint export
+(it lives in genlip.weights.deepspeed_files, which reads pipeline checkpoints offline).
 """
 
 from __future__ import annotations
@@ -92,17 +93,6 @@ def build_pipeline_model(cfg: ModelConfig, kit, *, pp: int, tp: int, dp: int, pa
                           # NOTE: only blocks: DeepSpeed's reentrant checkpoint would cut the embed stage's
                           # gradients, since its inputs (pixels uint8, token ids) cannot require grad.
                           checkpointable_layers=["PipeBlock"])
-
-
-def canonical_name(name: str, num_layers: int) -> str:
-    """'{idx}.rest' of a PipelineModule parameter -> the single-process model's name."""
-    idx, _, rest = name.partition(".")
-    i = int(idx)
-    if i == 0:
-        return f"embed.{rest}"
-    if i <= num_layers:
-        return f"blocks.{i - 1}.{rest}"
-    return f"head.{rest}"
 
 
 def pipeline_batch(batch) -> tuple:

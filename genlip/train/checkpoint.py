@@ -22,8 +22,7 @@ import torch.distributed as dist
 
 from genlip.atomic import atomic_write, atomic_write_json
 from genlip.config import ConfigError
-
-STATE_FILE = "genlip_state.json"
+from genlip.weights.deepspeed_files import STATE_FILE
 
 
 def rng_state() -> dict:

@@ -36,12 +36,15 @@ from genlip.data.shards import DatasetError, load_manifest, manifest_hash
 from genlip.info import count_params
 from genlip.model.genlip import GenLIP
 from genlip.model.init import init_weights, load_full_state_dict
-from genlip.parallel.pipeline import build_pipeline_model, canonical_name, pipeline_batch
+from genlip.parallel.pipeline import build_pipeline_model, pipeline_batch
 from genlip.train.checkpoint import (check_resume_compatible, latest_checkpoint, load_checkpoint,
                                      save_checkpoint)
 from genlip.train.ds_config import build_ds_config
 from genlip.parallel.consolidate import consolidated_state_dict
-from genlip.weights.model_file import load_model_file, save_model
+from genlip.weights.deepspeed_files import CheckpointError, canonical_name
+from genlip.weights.load import ModelPathError, load_state, run_tokenizer
+from genlip.weights.model_file import save_model
+from genlip.weights.official import OfficialFormatError
 from genlip.train.metrics import Logger, batch_stats, memory_gib, peak_tflops
 from genlip.train.schedule import lr_at
 from genlip.train.validation import batch_targets, plan_validation, val_batches
@@ -180,20 +183,21 @@ class Trainer:
 
     # ---- set-up helpers --------------------------------------------------------------------------
     def _init_from(self, module, path: Path) -> None:
-        """Stage 2: start from exported weights (a .safetensors file or a run directory's final export)."""
-        if path.is_dir():
-            path = path / "model.safetensors"
-        if not path.is_file() or not path.with_suffix(".json").is_file():
-            raise ConfigError(f"train.init_from={str(path)!r}: no exported model there (a model.safetensors with its "
-                              ".json, written at the end of a run)")
-        state, saved_cfg = load_model_file(path)
-        if dataclasses.replace(saved_cfg, drop_path=self.model_cfg.drop_path, attn_backend=self.model_cfg.attn_backend) \
-                != dataclasses.replace(self.model_cfg):
-            raise ConfigError(f"train.init_from={path}: its model {saved_cfg} differs from this run's {self.model_cfg}")
+        """Start from given weights (stage 2, or a released model): a project export, the authors' Hugging
+        Face layout, or a checkpoint of any layout (fresh optimizer and schedule)."""
+        try:
+            state, saved_cfg, _, source = load_state(path)
+        except (ModelPathError, CheckpointError, OfficialFormatError) as e:
+            raise ConfigError(f"train.init_from={str(path)!r}: {e}") from None
+        keep = {"drop_path": self.model_cfg.drop_path, "attn_backend": self.model_cfg.attn_backend}
+        if dataclasses.replace(saved_cfg, **keep) != self.model_cfg:
+            diff = {k: (v, getattr(self.model_cfg, k)) for k, v in dataclasses.asdict(saved_cfg).items()
+                    if k not in keep and v != getattr(self.model_cfg, k)}
+            raise ConfigError(f"train.init_from={path}: its model differs from this run's (theirs, ours): {diff}")
         if self.name_map is not None:
-            mine = {n: p for n, p in module.named_parameters()}
-            state = {n: state[self.name_map(n)] for n in mine}
+            state = {n: state[self.name_map(n)] for n, _ in module.named_parameters()}
         load_full_state_dict(module, state)
+        self.log.print(f"initialised from {source}")
 
     def _resume_identity(self) -> dict:
         return json.loads(json.dumps({"model": dataclasses.asdict(self.model_cfg) | {"drop_path": None, "attn_backend": None},
@@ -366,7 +370,8 @@ class Trainer:
         state = consolidated_state_dict(self.engine.module, name_map=self.name_map,
                                         zero3=self.cfg.parallel.zero_stage == 3)
         if self.rank == 0:
-            save_model(path, state, self.model_cfg, {"progress": self.state, "code_version": code_version()})
+            save_model(path, state, self.model_cfg, {"progress": self.state, "code_version": code_version()},
+                       tokenizer=run_tokenizer(self.run_dir))
             self.log.print(f"exported consolidated weights to {path}")
         dist.barrier()
         return path

@@ -1,9 +1,10 @@
 """`load_model(path)`: whatever a user points at -> a single-process GenLIP on one device.
 
-Accepted: a project model file (`model.safetensors` + `model.json`), a directory holding one (an export
-or a finished run), and (see `genlip.weights.official` / `genlip.weights.deepspeed_files`) the authors'
-Hugging Face layout, a DeepSpeed checkpoint directory `RUN/checkpoints/stepN`, or a run directory
-without a final export (its newest checkpoint).
+Accepted, in this order of detection: a project model file (`model.safetensors` + `model.json`) or a
+directory holding one (an export, a finished run); a directory in the authors' Hugging Face layout
+(`config.json` with `model_type: genlip`, genlip.weights.official); a DeepSpeed checkpoint of any layout
+(`RUN/checkpoints/stepN`, or a run / checkpoints directory: its newest complete checkpoint; read offline
+by genlip.weights.deepspeed_files).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from genlip.model.config import ModelConfig
 from genlip.model.genlip import GenLIP
+from genlip.weights.deepspeed_files import CheckpointError, find_checkpoint, read_fp32_state
 from genlip.weights.model_file import load_model_file
 from genlip.weights.official import is_official_dir, load_official
 
@@ -66,14 +68,43 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, 
     path = Path(path)
     if path.is_file() and path.suffix == ".safetensors":
         state, cfg = load_model_file(path)
+        if json.loads(path.with_suffix(".json").read_text()).get("trunk_only"):
+            raise ModelPathError(f"{path}: holds the vision encoder only (exported with --trunk-only), so it cannot "
+                                 "make a full GenLIP; export without --trunk-only to evaluate or continue training")
         return state, cfg, _tokenizer_near(path), str(path)
-    if path.is_dir() and (path / MODEL_FILE).is_file() and (path / "model.json").is_file():
+    if path.is_dir() and (path / MODEL_FILE).is_file() and (path / "model.json").is_file() \
+            and not _checkpoint_is_newer(path):
         return load_state(path / MODEL_FILE)
     if path.is_dir() and is_official_dir(path):
         state, cfg = load_official(path)
         return state, cfg, _tokenizer_near(path / MODEL_FILE), f"{path} (authors' Hugging Face layout)"
-    raise ModelPathError(f"{path}: no model found there; expected a model.safetensors with its model.json "
-                         "(genlip-export output or a finished run directory)")
+    if path.is_dir():
+        try:
+            info = find_checkpoint(path)
+        except CheckpointError as e:
+            raise ModelPathError(f"{path}: no model found there: not an export (model.safetensors + model.json), "
+                                 f"not the authors' layout (config.json), and {e}") from None
+        run_dir = info.path.parent.parent
+        return read_fp32_state(info), info.model_config, run_tokenizer(run_dir), f"{info.path} ({_describe(info)})"
+    raise ModelPathError(f"{path}: does not exist or is not a model file or directory")
+
+
+def _checkpoint_is_newer(run_dir: Path) -> bool:
+    """A run directory whose newest checkpoint is past its final export (the run went on after it)."""
+    if not (run_dir / "checkpoints").is_dir():
+        return False
+    try:
+        info = find_checkpoint(run_dir)
+    except CheckpointError:
+        return False
+    exported = json.loads((run_dir / "model.json").read_text()).get("progress", {}).get("step", -1)
+    return info.state.get("progress", {}).get("step", -1) > exported
+
+
+def _describe(info) -> str:
+    lay, prog = info.layout, info.state.get("progress", {})
+    return (f"step {prog.get('step', '?')}, {prog.get('samples', 0):,} samples; written by tp {lay['tp']} x pp "
+            f"{lay['pp']} x dp {lay['dp']}, ZeRO-{lay['zero_stage']}")
 
 
 def load_model(path: str | Path, *, device="cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
