@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     else:
         path = save_model(out / "model.safetensors", {k: v.to(dtype) for k, v in state.items()}, cfg,
                           {"source": source, "trunk_only": args.trunk_only, "dtype": str(dtype)}, tokenizer=tokenizer)
+    print(f"tokenizer: {'copied from ' + str(tokenizer) if tokenizer else 'none found beside the weights or in the run dataset; give genlip-eval --tokenizer'}")
     print(f"wrote {path} ({args.format} layout, {str(dtype).removeprefix('torch.')}"
           f"{', vision encoder only' if args.trunk_only else ''}; {sum(v.numel() for v in state.values()):,} parameters)")
     return 0
