@@ -17,7 +17,8 @@ import torch
 import webdataset as wds
 from common import make_raw, make_shards
 
-from genlip.data.loader import LoaderSpec, _uint8_patches, build_loader
+from genlip.data.images import patchify_uint8
+from genlip.data.loader import LoaderSpec, build_loader
 from genlip.data.packing import PackingSpec
 from genlip.data.shards import open_dataset, read_sample
 
@@ -33,7 +34,7 @@ def stored_tar(ds_root: Path, out: Path) -> Path:
 
 def _patchify_sample(sample):
     img, ids = sample
-    return _uint8_patches(np.asarray(img), 16), ids
+    return patchify_uint8(np.asarray(img), 16), ids
 
 
 def webdataset_rate(tar: Path, workers: int, samples: int, batch: int) -> float:

@@ -133,9 +133,13 @@ def decode_stored(data, grid: tuple[int, int], mode: ImageMode) -> np.ndarray:
     return arr
 
 
-def patchify(arr: np.ndarray, patch: int) -> np.ndarray:
-    """float32 [h*w, 3*p*p] in [-1, 1]: row-major patches, each laid out (C, p, p)."""
+def patchify_uint8(arr: np.ndarray, patch: int) -> np.ndarray:
+    """uint8 [h*w, 3*p*p]: row-major patches, each laid out (C, p, p) (the model normalises uint8 input)."""
     H, W, C = arr.shape
     h, w = H // patch, W // patch
-    x = arr.reshape(h, patch, w, patch, C).transpose(0, 2, 4, 1, 3).reshape(h * w, C * patch * patch)
-    return x.astype(np.float32) * (2.0 / 255.0) - 1.0
+    return arr.reshape(h, patch, w, patch, C).transpose(0, 2, 4, 1, 3).reshape(h * w, C * patch * patch)
+
+
+def patchify(arr: np.ndarray, patch: int) -> np.ndarray:
+    """float32 [h*w, 3*p*p] in [-1, 1]: row-major patches, each laid out (C, p, p)."""
+    return patchify_uint8(arr, patch).astype(np.float32) * (2.0 / 255.0) - 1.0

@@ -178,7 +178,6 @@ class MicroBatches(torch.utils.data.Dataset):
         return 2**62
 
 
-_uint8_patches = patchify_uint8  # the old private name, still imported by tests and benchmarks
 
 
 def collate(rows: list[dict]) -> PackedBatch:

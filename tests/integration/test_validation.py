@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from genlip.data.images import decode_stored
-from genlip.data.loader import _uint8_patches
+from genlip.data.images import patchify_uint8
 from genlip.data.shards import open_dataset, read_sample
 from genlip.model import PackedBatch
 from genlip.weights import load_model
@@ -38,7 +38,7 @@ def held_out_loss(model_dir, data_dir) -> float:
     for i in range(ds.num_samples):
         image, text, _, meta = read_sample(ds, i)
         h, w = int(meta["grid_h"]), int(meta["grid_w"])
-        pixels = torch.from_numpy(_uint8_patches(decode_stored(image, (h, w), ds.image_mode), 16))
+        pixels = torch.from_numpy(patchify_uint8(decode_stored(image, (h, w), ds.image_mode), 16))
         tokens = torch.tensor([[0] * (h * w) + prompt + text.tolist()])
         out = model(PackedBatch(pixels, tokens, torch.tensor([[[h, w, len(prompt), len(text)]]])))
         total += float(out.row_loss_sum.sum())
