@@ -128,6 +128,9 @@ class TrainSection:
     """Steps between checkpoints (0: only at the end and on signals)."""
     keep_last: int = 3
     """Checkpoints kept (older ones are deleted after a new one is complete)."""
+    save_failure: str = "stop"
+    """When writing a checkpoint fails (disk full, I/O error): stop (exit 74, older checkpoints intact) or warn
+    (log it and keep training)."""
     time_limit_minutes: float = 0.0
     """Wall-clock budget; when reached, checkpoint and exit with the requeue code (0: none)."""
     max_bad_steps: int = 10
@@ -140,6 +143,8 @@ class TrainSection:
     """Audit trail: write the rows and sample keys of every step to RUN/samples/dp_RANK.jsonl."""
     debug_nan_steps: list = field(default_factory=list)
     """Fault injection (tests): make the loss NaN at these steps to exercise the skip path (pp=1 only)."""
+    debug_save_fail_steps: list = field(default_factory=list)
+    """Fault injection (tests): the last rank fails with "No space left on device" while saving at these steps."""
 
 
 @dataclass
@@ -269,6 +274,8 @@ def validate(cfg: Config, *, world_size: int, vocab_size: int | None = None) -> 
     if t.global_batch_rows % (dp * t.micro_batch_rows):
         raise ConfigError(f"train.global_batch_rows={t.global_batch_rows} must be a multiple of dp x "
                           f"train.micro_batch_rows = {dp} x {t.micro_batch_rows} = {dp * t.micro_batch_rows}")
+    if t.save_failure not in ("stop", "warn"):
+        raise ConfigError(f"train.save_failure={t.save_failure!r}: choose stop or warn")
     if t.dtype not in ("bf16", "fp32"):
         raise ConfigError(f"train.dtype={t.dtype!r}: choose bf16 or fp32")
     if t.total_samples <= 0 or not math.isfinite(t.total_samples):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from genlip.atomic import atomic_write
 from genlip.info import train_flops_per_sample
 from genlip.model.config import ModelConfig
 
@@ -42,14 +43,28 @@ class Logger:
     """Rank-0 console lines, TensorBoard scalars and a JSONL copy of every logged record."""
 
     def __init__(self, run_dir: Path, enabled: bool):
-        self.enabled = enabled
+        self.enabled, self.run_dir = enabled, run_dir
         self.tb = None
         self.jsonl = None
         if enabled:
-            from torch.utils.tensorboard import SummaryWriter
+            self._open()
 
-            self.tb = SummaryWriter(str(run_dir / "tb"))
-            self.jsonl = open(run_dir / "metrics.jsonl", "a")
+    def _open(self, purge_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
+        self.jsonl = open(self.run_dir / "metrics.jsonl", "a")
+
+    def resume(self, step: int, samples: int) -> None:
+        """Forget what was logged after the checkpoint a run resumes from, so no step appears twice:
+        metrics.jsonl keeps records up to `step`, and TensorBoard purges events past `samples` (its x axis)."""
+        if not self.enabled:
+            return
+        self.close()
+        path = self.run_dir / "metrics.jsonl"
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        atomic_write(path, "".join(line + "\n" for line in kept))
+        self._open(purge_step=samples + 1)
 
     def print(self, msg: str) -> None:
         if self.enabled:

@@ -37,7 +37,7 @@ from genlip.info import count_params
 from genlip.model.genlip import GenLIP
 from genlip.model.init import init_weights, load_full_state_dict
 from genlip.parallel.pipeline import build_pipeline_model, pipeline_batch
-from genlip.train.checkpoint import (check_resume_compatible, latest_checkpoint, load_checkpoint,
+from genlip.train.checkpoint import (SaveError, check_resume_compatible, find_resumable, load_checkpoint,
                                      save_checkpoint)
 from genlip.train.ds_config import build_ds_config
 from genlip.parallel.consolidate import consolidated_state_dict
@@ -54,6 +54,7 @@ from megatron_ext import (MegatronMpu, TensorParallelKit, assert_groups_match, d
 EXIT_REQUEUE = 75
 EXIT_BAD_STEPS = 3
 EXIT_CONFIG = 2
+EXIT_SAVE_FAILED = 74  # sysexits EX_IOERR: a checkpoint could not be written; the older ones are intact
 REQUEUE_MARKER = "REQUEUE"
 
 
@@ -207,13 +208,14 @@ class Trainer:
                 "global_batch_rows": self.cfg.train.global_batch_rows}))  # as stored: JSON types
 
     def _maybe_resume(self) -> None:
-        found = latest_checkpoint(self.ckpt_dir)
+        found = find_resumable(self.ckpt_dir, log=self.log.print)
         if found is None:
             return
         tag, saved = found
         check_resume_compatible(saved["identity"], self._resume_identity())
         load_checkpoint(self.engine, self.ckpt_dir, tag)
         self.state.update(saved["progress"])
+        self.log.resume(self.state["step"], self.state["samples"])
         self.log.print(f"resumed from {self.ckpt_dir / tag}: step {self.state['step']}, "
                        f"{self.state['samples']:,} samples, {self.state['rows']:,} rows consumed")
 
@@ -359,11 +361,21 @@ class Trainer:
                        f"({val['rows']:,} held-out rows, {val['targets']:,} target tokens)")
         self.log.scalars(self.state["step"], self.state["samples"], {"val/loss": val["loss"]})
 
-    def _save(self) -> None:
+    def _save(self) -> bool:
+        """Checkpoint; False if the save failed (already reported; the caller decides to go on or stop)."""
         state = {"identity": self._resume_identity(), "progress": dict(self.state), "config": self.cfg.to_dict(),
                  "code_version": code_version(), "time": time.time()}
-        tag = save_checkpoint(self.engine, self.ckpt_dir, self.state["step"], state, keep_last=self.cfg.train.keep_last)
+        t = self.cfg.train
+        fault = _disk_full if self.state["step"] in t.debug_save_fail_steps else None
+        try:
+            tag = save_checkpoint(self.engine, self.ckpt_dir, self.state["step"], state, keep_last=t.keep_last,
+                                  fault=fault)
+        except SaveError as e:
+            self.log.print(f"step {self.state['step']} | checkpoint FAILED: {e}"
+                           + ("; training goes on (train.save_failure=warn)" if t.save_failure == "warn" else ""))
+            return False
         self.log.print(f"saved checkpoint {self.ckpt_dir / tag}")
+        return True
 
     def export(self) -> Path:
         path = self.run_dir / "model.safetensors"
@@ -432,12 +444,17 @@ class Trainer:
                 self.log.print(f"stop requested (signal or time limit) at step {step}: checkpointing, exit {EXIT_REQUEUE}")
                 code = EXIT_REQUEUE
                 break
-            if t.save_interval and step % t.save_interval == 0:
-                self._save()
+            if t.save_interval and step % t.save_interval == 0 and not self._save() and t.save_failure == "stop":
+                code = EXIT_SAVE_FAILED
+                break
         if window["steps"]:
             self._log_window(window, lr, peak)
-        if not (t.save_interval and self.state["step"] % t.save_interval == 0 and code == 0):
-            self._save()
+        saved_now = t.save_interval and self.state["step"] % t.save_interval == 0 and code == 0
+        if code != EXIT_SAVE_FAILED and not saved_now and not self._save() and t.save_failure == "stop":
+            code = EXIT_SAVE_FAILED
+        if code == EXIT_SAVE_FAILED:
+            self.log.print(f"stopping (exit {EXIT_SAVE_FAILED}): a checkpoint could not be written; the newest complete "
+                           "checkpoint is intact. Free space or fix the file system, then resume.")
         if code == 0:
             if self.state["last_val_step"] != self.state["step"]:
                 self._log_validation(final=True)
@@ -455,7 +472,8 @@ class Trainer:
         if self.rank != 0:
             return
         n, st = count_params(self.model_cfg), self.state
-        status = {0: "done", EXIT_REQUEUE: "requeued", EXIT_BAD_STEPS: "stopped_bad_steps"}.get(code, "failed")
+        status = {0: "done", EXIT_REQUEUE: "requeued", EXIT_BAD_STEPS: "stopped_bad_steps",
+                  EXIT_SAVE_FAILED: "save_failed"}.get(code, "failed")
         result = {"status": status, "preset": self.cfg.model.preset, "config": self.cfg.to_dict(),
                   "step": st["step"], "samples": st["samples"], "tokens": st["tokens"],
                   "final_loss": st["last_step_loss"], "train_loss_last_interval": st["last_loss"],
@@ -487,6 +505,11 @@ class Trainer:
             f"{tflops:.3f} TFLOP/s/device{mfu} | mem {values['perf/memory_gib']:.2f} GiB | "
             f"skipped {self.state['skipped_steps']}")
         self.log.scalars(step, self.state["samples"], values)
+
+
+def _disk_full(rank: int) -> None:
+    if rank == dist.get_world_size() - 1:
+        raise OSError(28, "No space left on device (injected by train.debug_save_fail_steps)")
 
 
 def _grad_norm(engine) -> float | None:

@@ -1,7 +1,10 @@
 """Killed runs resume exactly: SIGKILL (from the newest complete checkpoint) and SIGTERM (checkpoint and
-exit 75, the requeue code). Non-finite steps are skipped and counted; a resume that cannot work is
-refused with its reason; stage 2 starts from the stage-1 export."""
+exit 75, the requeue code), with no step logged twice. A damaged newest checkpoint is named, kept and
+skipped; a failed save stops cleanly (exit 74) or is survived (save_failure=warn). Non-finite steps are
+skipped and counted; a resume that cannot work is refused with its reason; stage 2 starts from the
+stage-1 export."""
 
+import json
 import os
 import signal
 import subprocess
@@ -47,6 +50,20 @@ def _same_run(ref, out):
     assert read_samples(out) == read_samples(ref)
 
 
+def _no_step_twice(run_dir):
+    """metrics.jsonl and TensorBoard hold each step once after a resume."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [(r["step"], k) for r in records for k in r if k not in ("step", "samples")]
+    assert len(logged) == len(set(logged)), sorted(logged)
+    assert [r["step"] for r in records] == sorted(r["step"] for r in records)
+    tb = EventAccumulator(str(run_dir / "tb"))
+    tb.Reload()
+    x = [e.step for e in tb.Scalars("train/loss")]
+    assert len(x) == len(set(x)) == STEPS, x
+
+
 def _wait_for(path, timeout=300):
     deadline = time.time() + timeout
     while not path.exists() and time.time() < deadline:
@@ -72,6 +89,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(setup):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from" in again.stdout
     _same_run(ref, out)
+    _no_step_twice(out)
 
 
 def test_sigterm_checkpoints_exits_75_and_resumes(setup):
@@ -128,3 +146,47 @@ def test_stage2_starts_from_the_stage1_export(setup):
     after, _ = load_model_file(out / "model.safetensors")
     for name, t in state.items():
         torch.testing.assert_close(after[name], t, atol=1e-6, rtol=0)
+
+
+def test_damaged_newest_checkpoint_is_named_kept_and_skipped(setup):
+    root, config, ref = setup
+    out = root / "damaged"
+    assert run_train(1, config, f"train.output_dir={out}", "train.max_steps=8").returncode == 0
+    ck = out / "checkpoints"
+    optim = next((ck / "step000000008").glob("*optim_states.pt"))
+    optim.write_bytes(optim.read_bytes()[:-100])  # truncated
+    (ck / "latest").unlink()  # and `latest` gone: found by scanning anyway
+    again = run_train(1, config, f"train.output_dir={out}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "checkpoint step000000008 is damaged" in again.stdout and optim.name in again.stdout
+    assert f"resumed from {ck / 'step000000004'}" in again.stdout
+    assert (ck / "step000000008.damaged" / optim.name).is_file()  # kept under another name, not overwritten
+    _same_run(ref, out)
+    _no_step_twice(out)
+
+
+def test_failed_save_stops_cleanly_then_resumes(setup):
+    root, config, _ = setup
+    out = root / "diskfull"
+    proc = run_train(2, config, f"train.output_dir={out}", "train.debug_save_fail_steps=[8]")  # rank 1 fails
+    assert "exitcode  : 74" in proc.stderr, proc.stderr[-3000:]  # torchrun reports the workers' code, exits 1
+    assert "rank 1: OSError" in proc.stdout and "No space left on device" in proc.stdout
+    ck = out / "checkpoints"
+    assert not (ck / "step000000008").exists()  # the partial directory is gone
+    assert (ck / "latest").read_text() == "step000000004" and (ck / "step000000004" / "genlip_state.json").is_file()
+    assert json.loads((out / "result.json").read_text())["status"] == "save_failed"
+    again = run_train(2, config, f"train.output_dir={out}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {ck / 'step000000004'}" in again.stdout
+    assert sorted(read_metrics(out)) == list(range(1, STEPS + 1))
+
+
+def test_failed_save_is_survived_with_warn(setup):
+    root, config, _ = setup
+    out = root / "diskfull_warn"
+    proc = run_train(1, config, f"train.output_dir={out}", "train.debug_save_fail_steps=[4]", "train.max_steps=8",
+                     "train.save_failure=warn")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint FAILED" in proc.stdout and "training goes on" in proc.stdout
+    assert not (out / "checkpoints" / "step000000004").exists()
+    assert (out / "checkpoints" / "step000000008" / "genlip_state.json").is_file()

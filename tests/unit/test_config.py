@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from genlip.config import ConfigError, field_help, load_config, padded_vocab, validate
-from genlip.train.checkpoint import STATE_FILE, _prune, latest_checkpoint
 from genlip.train.ds_config import build_ds_config
 from genlip.train.schedule import lr_at
 
@@ -81,18 +80,3 @@ def test_lr_schedule_warmup_then_cosine_in_samples():
     mid = 0.007 * 8e9 + (8e9 - 0.007 * 8e9) / 2
     assert lr_at(mid, **kw) == pytest.approx((1e-3 + 1e-6) / 2)
     assert padded_vocab(151643, 128) == 151680
-
-
-def test_interrupted_checkpoint_is_never_latest(tmp_path):
-    for tag in ("step000000004", "step000000008"):
-        (tmp_path / tag).mkdir()
-        (tmp_path / tag / STATE_FILE).write_text(json.dumps({"progress": {"step": int(tag[4:])}}))
-    (tmp_path / "latest").write_text("step000000008")
-    (tmp_path / "step000000012").mkdir()  # a save killed half-way: shards but no state file
-    (tmp_path / "step000000012" / "mp_rank_00_model_states.pt").write_bytes(b"partial")
-    tag, state = latest_checkpoint(tmp_path)
-    assert tag == "step000000008" and state["progress"]["step"] == 8
-    (tmp_path / "step000000016").mkdir()
-    (tmp_path / "step000000016" / STATE_FILE).write_text("{}")
-    _prune(tmp_path, keep_last=2, newest="step000000016")
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["step000000008", "step000000016"]
