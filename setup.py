@@ -40,6 +40,7 @@ setup(
             "genlip-data=data_tools.cli:main",
             "genlip-train=genlip.train.trainer:main",
             "genlip-export=genlip.weights.export_cli:main",
+            "genlip-ckpt=genlip.train.ckpt_cli:main",
             "genlip-submit=genlip.cluster.submit:main",
             "genlip-sweep=genlip.cluster.sweep:main",
         ],

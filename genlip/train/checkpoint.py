@@ -150,7 +150,7 @@ def _prune(ckpt_dir: Path, keep_last: int, newest: str) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def _problems(step_dir: Path, state: dict | None) -> list[str]:
+def size_problems(step_dir: Path, state: dict | None) -> list[str]:
     """Cheap checks on one rank: the state file, and every listed file's presence and size."""
     if state is None:
         return [f"{step_dir / STATE_FILE} is unreadable"]
@@ -164,7 +164,12 @@ def _problems(step_dir: Path, state: dict | None) -> list[str]:
     return problems
 
 
-def _read_state(step_dir: Path) -> dict | None:
+def hash_problems(step_dir: Path, expected: dict, got: dict) -> list[str]:
+    return [f"{step_dir / n} does not match its sha256 (changed after it was written)"
+            for n in sorted(expected) if got[n]["sha256"] != expected[n]["sha256"]]
+
+
+def read_state(step_dir: Path) -> dict | None:
     try:
         return json.loads((step_dir / STATE_FILE).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
@@ -177,13 +182,12 @@ def find_resumable(ckpt_dir: Path, log=print) -> tuple[str, dict] | None:
     rank = dist.get_rank()
     candidates = [p for p in reversed(step_dirs(ckpt_dir)) if (p / STATE_FILE).is_file()]
     for step_dir in candidates:
-        state = _read_state(step_dir)
-        problems = _problems(step_dir, state)
+        state = read_state(step_dir)
+        problems = size_problems(step_dir, state)
         if not _any(bool(problems)) and state.get("files"):
             expected = state["files"]
             got = _shared_hashes(step_dir, sorted(expected))
-            problems = [f"{step_dir / n} does not match its sha256 (changed after it was written)"
-                        for n in sorted(expected) if got[n]["sha256"] != expected[n]["sha256"]]
+            problems = hash_problems(step_dir, expected, got)
         elif not problems and rank == 0:
             log(f"warning: {step_dir.name} has no file list (written by an older version); not verified")
         if not _any(bool(problems)):
@@ -204,16 +208,14 @@ def load_checkpoint(engine, ckpt_dir: Path, tag: str) -> None:
 
 
 def check_resume_compatible(saved: dict, current: dict) -> None:
-    """Refuse to resume across a different model, dataset, layout or global batch, saying what differs."""
+    """Refuse to resume across a different model, dataset or global batch, saying what differs (another
+    parallel layout is fine: genlip.train.elastic converts)."""
     problems = []
     if saved["model"] != current["model"]:
         diff = {k: (saved["model"].get(k), v) for k, v in current["model"].items() if saved["model"].get(k) != v}
         problems.append(f"model shape differs (checkpoint vs now): {diff}")
     if saved["datasets"] != current["datasets"]:
         problems.append("training data differs (dataset manifests changed); start a new run directory")
-    if saved["layout"] != current["layout"]:
-        problems.append(f"parallel layout differs: checkpoint {saved['layout']}, now {current['layout']}; resume "
-                        "with the same tp/pp/dp/zero_stage (or export the weights and start a new run)")
     if saved["global_batch_rows"] != current["global_batch_rows"]:
         problems.append(f"train.global_batch_rows differs: checkpoint {saved['global_batch_rows']}, now "
                         f"{current['global_batch_rows']}; the data order is defined per global batch")

@@ -40,11 +40,13 @@ from genlip.parallel.pipeline import build_pipeline_model, pipeline_batch
 from genlip.train.checkpoint import (SaveError, check_resume_compatible, find_resumable, load_checkpoint,
                                      save_checkpoint)
 from genlip.train.ds_config import build_ds_config
+from genlip.train.elastic import load_universal_into
 from genlip.parallel.consolidate import consolidated_state_dict
-from genlip.weights.deepspeed_files import CheckpointError, canonical_name
+from genlip.weights.deepspeed_files import STATE_FILE, CheckpointError, canonical_name, find_checkpoint
 from genlip.weights.load import ModelPathError, load_state, run_tokenizer
 from genlip.weights.model_file import save_model
 from genlip.weights.official import OfficialFormatError
+from genlip.weights.universal import UNIVERSAL_DIR, Universal, save_universal
 from genlip.train.metrics import Logger, batch_stats, memory_gib, peak_tflops
 from genlip.train.schedule import lr_at
 from genlip.train.validation import batch_targets, plan_validation, val_batches
@@ -213,11 +215,34 @@ class Trainer:
             return
         tag, saved = found
         check_resume_compatible(saved["identity"], self._resume_identity())
-        load_checkpoint(self.engine, self.ckpt_dir, tag)
+        old, now = saved["identity"]["layout"], self._resume_identity()["layout"]
+        if old == now:
+            load_checkpoint(self.engine, self.ckpt_dir, tag)
+        else:
+            self._resume_elastic(self.ckpt_dir / tag, old, now)
         self.state.update(saved["progress"])
         self.log.resume(self.state["step"], self.state["samples"])
         self.log.print(f"resumed from {self.ckpt_dir / tag}: step {self.state['step']}, "
                        f"{self.state['samples']:,} samples, {self.state['rows']:,} rows consumed")
+
+    def _resume_elastic(self, step_dir: Path, old: dict, now: dict) -> None:
+        """Another layout wrote the checkpoint: rank 0 converts it to a universal state once (kept inside the
+        checkpoint), every rank loads its share. DropPath's random streams restart from (seed, dp rank, step)."""
+        describe = lambda lay: f"tp {lay['tp']} x pp {lay['pp']} x dp {lay['dp']}, ZeRO-{lay['zero_stage']}"  # noqa: E731
+        self.log.print(f"layout changed: {step_dir.name} was written by {describe(old)}, this run is {describe(now)}; "
+                       "converting through a universal checkpoint")
+        error = ""
+        if self.rank == 0:
+            try:
+                save_universal(find_checkpoint(step_dir))
+            except CheckpointError as e:
+                error = str(e)
+        if _all_reduce(float(bool(error)), op=dist.ReduceOp.MAX) > 0:
+            raise ConfigError(f"cannot convert {step_dir} to the new layout: {error or 'see rank 0'}")
+        n = load_universal_into(self.engine, Universal(step_dir / UNIVERSAL_DIR), name_map=self.name_map)
+        saved = json.loads((step_dir / STATE_FILE).read_text())["progress"]
+        torch.manual_seed(self.cfg.train.seed + self.dp_rank + 1_000_003 * saved["step"])
+        self.log.print(f"loaded {n} parameters with their fp32 masters and Adam moments into the new layout")
 
     def _loader(self, datasets, rows_consumed: int, global_rows: int):
         d = self.cfg.data

@@ -143,8 +143,12 @@ def unflatten_zero3(flats: list[list[torch.Tensor]], shapes: list[dict]) -> dict
     return out
 
 
-def _local_fp32(step: Path, mp: int, tp_rank: int, layout: dict) -> dict[str, torch.Tensor]:
-    """Full-over-DP fp32 tensors of model-parallel rank `mp`, with its local (DeepSpeed module) names."""
+OPTIM_KEYS = ("exp_avg", "exp_avg_sq")
+
+
+def _local_states(step: Path, mp: int, tp_rank: int, layout: dict, *, moments: bool) -> tuple[dict, int | None]:
+    """({"fp32": {...}, "exp_avg": {...}, "exp_avg_sq": {...}}, Adam step) of model-parallel rank `mp`: tensors
+    whole over data parallelism, with local (DeepSpeed module) names. Moments only when `moments`."""
     dp, zero = layout["dp"], layout["zero_stage"]
     optim = _optim_files(step, mp, dp)
     model_file = step / (f"zero_pp_rank_0_mp_rank_{mp:02d}_model_states.pt" if zero == 3 else
@@ -155,45 +159,82 @@ def _local_fp32(step: Path, mp: int, tp_rank: int, layout: dict) -> dict[str, to
                                   "(one per data-parallel rank); the checkpoint is incomplete")
         shapes = _load(model_file)["param_shapes"]
         sds = [_load(f)["optimizer_state_dict"] for f in optim]
-        if "fp32_flat_groups" in sds[0]:
-            return unflatten_zero3([sd["fp32_flat_groups"] for sd in sds], shapes)
-        return unflatten_partitioned([sd["single_partition_of_fp32_groups"] for sd in sds], shapes,
-                                     sds[0].get("param_alignment_paddings"))
+        zero3 = "fp32_flat_groups" in sds[0]
+        paddings = sds[0].get("param_alignment_paddings")
+
+        def unflatten(flats):
+            return unflatten_zero3(flats, shapes) if zero3 else unflatten_partitioned(flats, shapes, paddings)
+
+        out = {"fp32": unflatten([sd["fp32_flat_groups" if zero3 else "single_partition_of_fp32_groups"]
+                                  for sd in sds])}
+        adam_step = None
+        if moments:
+            base = [sd["optimizer_state_dict" if zero3 else "base_optimizer_state"]["state"] for sd in sds]
+            for key in OPTIM_KEYS:
+                out[key] = unflatten([[st[g][key] for g in sorted(st)] for st in base])
+            adam_step = int(next(iter(base[0].values()))["step"])
+        return out, adam_step
+    # fp32 without ZeRO: the module weights are the masters; torch's AdamW state is in the model file,
+    # indexed by position over the groups (matrices first, then vectors: genlip.train.trainer._param_groups).
+    model_states = _load(model_file)
     if layout["pp"] == 1:
-        module = _load(model_file)["module"]
+        module = model_states["module"]
     else:
         module = {}
         for f in sorted(step.glob(f"layer_*-model_{tp_rank:02d}-model_states.pt")):
             idx = int(f.name.split("-")[0].removeprefix("layer_"))
             module.update({f"{idx}.{k}": v for k, v in _load(f).items()})
-    return {k: v.float() for k, v in module.items() if v is not None and not k.endswith("_extra_state")}
+    module = {k: v.float() for k, v in module.items() if v is not None and not k.endswith("_extra_state")}
+    out, adam_step = {"fp32": module}, None
+    if moments:
+        opt = model_states.get("optimizer") or {}
+        names = [n for n, t in module.items() if t.dim() >= 2] + [n for n, t in module.items() if t.dim() < 2]
+        state = opt.get("state", {})
+        if len(state) != len(names):
+            raise CheckpointError(f"{model_file}: optimizer state for {len(state)} of {len(names)} parameters")
+        for key in OPTIM_KEYS:
+            out[key] = {n: state[i][key].float() for i, n in enumerate(names)}
+        adam_step = int(state[0]["step"]) if state else 0
+    return out, adam_step
 
 
 def read_fp32_state(info: CheckpointInfo) -> dict[str, torch.Tensor]:
     """The full fp32 weights of a checkpoint with the single-process names (loads into `GenLIP`)."""
+    return read_training_state(info, moments=False)[0]["fp32"]
+
+
+def read_training_state(info: CheckpointInfo, *, moments: bool = True) -> tuple[dict[str, dict], int | None]:
+    """({"fp32" | "exp_avg" | "exp_avg_sq": {single-process name: full tensor}}, Adam step count)."""
     from genlip.model.genlip import GenLIP
 
     layout, cfg = info.layout, info.model_config
     tp, pp = layout["tp"], layout["pp"]
     with torch.device("meta"):
         plain = dict(GenLIP(cfg).named_parameters())
-    slices: dict[str, list] = {}
+    slices: dict[str, dict[str, list]] = {}
+    steps = set()
     for mp in range(tp * pp):
-        for name, t in _local_fp32(info.path, mp, mp % tp, layout).items():
-            name = canonical_name(name, cfg.num_layers) if pp > 1 else name
-            slices.setdefault(name, [None] * tp)[mp % tp] = t
+        local, adam_step = _local_states(info.path, mp, mp % tp, layout, moments=moments)
+        steps.add(adam_step)
+        for key, tensors in local.items():
+            for name, t in tensors.items():
+                name = canonical_name(name, cfg.num_layers) if pp > 1 else name
+                slices.setdefault(key, {}).setdefault(name, [None] * tp)[mp % tp] = t
+    if len(steps) > 1:
+        raise CheckpointError(f"{info.path}: model-parallel ranks disagree on the optimizer step ({sorted(steps)})")
+    return {key: _merge_tp(info, table, plain, tp) for key, table in slices.items()}, steps.pop()
+
+
+def _merge_tp(info: CheckpointInfo, slices: dict[str, list], plain: dict, tp: int) -> dict[str, torch.Tensor]:
     missing = sorted(set(plain) - set(slices))
     if missing:
         raise CheckpointError(f"{info.path}: no tensors for {missing[:5]}; the checkpoint is incomplete")
     full = {}
     for name, parts in slices.items():
         if name not in plain:
-            raise CheckpointError(f"{info.path}: unexpected parameter {name} for model {cfg}")
+            raise CheckpointError(f"{info.path}: unexpected parameter {name} for model {info.model_config}")
         plan = getattr(plain[name], "tp_plan", None)
-        if tp > 1 and plan is not None:
-            full[name] = merge_tensors(parts, dim=plan[0], stride=plan[1])
-        else:
-            full[name] = parts[0]
+        full[name] = merge_tensors(parts, dim=plan[0], stride=plan[1]) if tp > 1 and plan is not None else parts[0]
         if tuple(full[name].shape) != tuple(plain[name].shape):
             raise CheckpointError(f"{info.path}: {name} has shape {tuple(full[name].shape)}, the model "
                                   f"{tuple(plain[name].shape)}")

@@ -93,3 +93,24 @@ def test_prune_keeps_the_newest_and_never_touches_later_ones(tmp_path, group):
     make_ckpt(root, 2, complete=False)
     _prune(root, keep_last=2, newest="step000000012")
     assert sorted(p.name for p in root.iterdir()) == ["step000000008", "step000000012", "step000000020"]
+
+
+def test_ckpt_cli_verify_names_damage(tmp_path, capsys):
+    from genlip.train.ckpt_cli import main as ckpt_main
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg2'}", rank=0, world_size=1)
+    try:
+        root = tmp_path / "run" / "checkpoints"
+        make_ckpt(root, 4)
+        d = make_ckpt(root, 8)
+    finally:
+        dist.destroy_process_group()
+    assert ckpt_main(["verify", str(tmp_path / "run")]) == 0
+    data = bytearray((d / "mp_rank_00_model_states.pt").read_bytes())
+    data[7] ^= 1
+    (d / "mp_rank_00_model_states.pt").write_bytes(bytes(data))
+    assert ckpt_main(["inspect", str(tmp_path / "run")]) == 0  # sizes only: a flipped byte needs verify
+    assert ckpt_main(["verify", str(tmp_path / "run")]) == 1
+    out = capsys.readouterr().out
+    assert "step000000004" in out and "step000000008" in out and "does not match its sha256" in out
+
