@@ -117,16 +117,43 @@ def code_version() -> str:
     return proc.stdout.strip() if proc.returncode == 0 else "unknown"
 
 
+def node_range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("-")
+    try:
+        lo_n, hi_n = int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--nodes {text!r}: give a count (4) or a range (2-4)") from None
+    if not 1 <= lo_n <= hi_n:
+        raise argparse.ArgumentTypeError(f"--nodes {text!r}: need 1 <= MIN <= MAX")
+    return lo_n, hi_n
+
+
+def tasks_lines(*, nodes: tuple[int, int], tasks: int, gpus_per_node: int) -> tuple[str, str]:
+    """(#SBATCH task line, shell that sets PER_NODE at run time). The task count follows the allocation,
+    so a job requeued onto another node count (a --nodes range), or a one-node CPU job whose task count
+    was changed while it was pending, starts the matching number of ranks."""
+    if gpus_per_node or nodes != (1, 1):
+        return f"#SBATCH --ntasks-per-node={tasks}", f"PER_NODE={tasks}"
+    return (f"#SBATCH --ntasks={tasks}",
+            'CPUS=${SLURM_JOB_CPUS_PER_NODE%%[(,]*}; PER_NODE=$(( CPUS / ${SLURM_CPUS_PER_TASK:-1} ))')
+
+
 def run_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     tasks = args.tasks_per_node or max(args.gpus_per_node, 1)
-    world = args.nodes * tasks
+    lo, hi = args.nodes
+    for n in range(lo, hi):  # every smaller count of a range must work too; the largest is planned below
+        plan_job(cfg, world=n * tasks, gpus_per_node=args.gpus_per_node, gpu_memory_gib=args.gpu_memory_gib,
+                 force=args.force)
+    world = hi * tasks
     run_dir = (args.run_dir or Path(cfg.train.output_dir)).resolve()
     plan_text = plan_job(cfg, world=world, gpus_per_node=args.gpus_per_node, gpu_memory_gib=args.gpu_memory_gib,
                          force=args.force)
     name = args.name or run_dir.name
+    task_line, per_node = tasks_lines(nodes=args.nodes, tasks=tasks, gpus_per_node=args.gpus_per_node)
     script = render(SLURM_DIR / "train.sbatch", {
-        "JOB_NAME": safe_name(name), "NODES": str(args.nodes), "TASKS_PER_NODE": str(tasks),
+        "JOB_NAME": safe_name(name), "NODES": f"{lo}" if lo == hi else f"{lo}-{hi}", "TASKS_LINE": task_line,
+        "PER_NODE": per_node,
         "CPUS_PER_TASK": str(args.cpus_per_task), "TIME": slurm_time(args.time), "RUN_DIR": sbatch_path(run_dir), "RUN_DIR_SHELL": shlex.quote(str(run_dir)),
         "SIGNAL_SECONDS": str(args.signal_seconds), "REQUEUE_CODE": str(REQUEUE_CODE),
         "SBATCH_EXTRA": sbatch_extra(args.partition, args.account, args.qos, args.gpus_per_node, args.sbatch_arg),
@@ -189,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="a (multi-node) training job that requeues itself before its time limit")
     tr.add_argument("config", help="YAML run config")
     tr.add_argument("overrides", nargs="*", help="dotted overrides (key=value)")
-    tr.add_argument("--nodes", type=int, default=1, help="nodes")
+    tr.add_argument("--nodes", type=node_range, default=(1, 1), metavar="N|MIN-MAX",
+                    help="nodes; a range lets SLURM start (and requeue) the job on any count in it: the run resumes "
+                         "on the new world size (the layout is checked for every count)")
     tr.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (0: CPU nodes)")
     tr.add_argument("--tasks-per-node", type=int, default=0, help="tasks per node (default: one per GPU)")
     tr.add_argument("--run-dir", type=Path, help="run directory (default: train.output_dir of the config)")

@@ -1,6 +1,7 @@
 """Against a real SLURM cluster on this machine (tests/slurm/cluster.sh: munge, slurmctld, slurmd):
 a 2-task training job, a 2-task preprocessing array, a 2-point sweep and its report, preemption with
-requeue and exact resume, and inert shell-injection attempts.
+requeue and exact resume, a requeued 2-task job that comes back as 1 task and resumes under the new
+world size, and inert shell-injection attempts.
 
 Skipped with the reason when Debian's slurm-wlm/munge are not installed; under CI (CI=true) that is a
 failure instead, since run_scripts/test.sh installs them."""
@@ -152,6 +153,39 @@ def test_preemption_requeues_and_resumes_exactly(data):
     assert read_samples(run) == read_samples(ref)
     a, b = read_metrics(ref), read_metrics(run)
     assert all(b[s]["train/loss"] == pytest.approx(a[s]["train/loss"], rel=1e-6) for s in a)
+
+
+def _flat(samples):
+    return {st: sorted((r, k) for rep in v for rows, keys in [rep] for r, k in zip(rows, keys)) for st, v in samples.items()}
+
+
+def test_requeued_job_comes_back_smaller_and_resumes(data):
+    """USR1 -> checkpoint, exit 75, requeue; while the job waits to start again it is given one CPU (as a
+    partition that shrank would): the job starts one task, the trainer converts the DP=2 checkpoint, and
+    the losses and samples equal an unbroken run's (lr 5e-4 so Adam's state matters, see the elastic test)."""
+    root, config, _, _ = data
+    over = ["optim.lr=5.0e-4", "optim.warmup_ratio=0.0", "train.max_steps=24"]
+    ref = root / "shrink_ref"
+    proc = run_train(1, config, f"train.output_dir={ref}", *over)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = root / "shrink"
+    job = submit("train", str(config), *over, "--gpus-per-node", "0", "--tasks-per-node", "2", "--cpus-per-task", "1",
+                 "--time", "10:00", "--run-dir", str(run))
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "latest").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    while job_state(job) != ("PENDING", 1) and time.time() < deadline:
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "NumTasks=1", "NumCPUs=1"], check=True)
+    assert wait_done(job) == "COMPLETED"
+    log = (run / f"slurm-{job}.out").read_text()
+    assert "starting 2 tasks" in log and "starting 1 tasks" in log and "restart 1" in log, log[-3000:]
+    assert "layout changed" in log and "tp 1 x pp 1 x dp 2, ZeRO-1, this run is tp 1 x pp 1 x dp 1" in log
+    a, b = read_metrics(ref), read_metrics(run)
+    assert sorted(a) == sorted(b) == list(range(1, 25))
+    assert all(b[s]["train/loss"] == pytest.approx(a[s]["train/loss"], rel=1e-5) for s in a)
+    assert _flat(read_samples(run)) == _flat(read_samples(ref))
 
 
 def test_injection_in_names_and_overrides_is_inert(data):
