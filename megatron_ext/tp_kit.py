@@ -36,13 +36,26 @@ def _as_3d(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, 1, x.shape[-1])
 
 
-class _Column(ColumnParallelLinear):
+class _NoExtraState:
+    """megatron's linears save an `_extra_state` entry (None: a Transformer Engine hook) in every state dict;
+    DeepSpeed's universal-checkpoint converter cannot handle None tensors, so ours save none, and entries
+    in checkpoints written before are ignored on load."""
+
+    get_extra_state = torch.nn.Module.get_extra_state
+    set_extra_state = torch.nn.Module.set_extra_state
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "_extra_state", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class _Column(_NoExtraState, ColumnParallelLinear):
     def forward(self, x):
         out, _ = super().forward(_as_3d(x))
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
-class _Row(RowParallelLinear):
+class _Row(_NoExtraState, RowParallelLinear):
     def forward(self, x):
         out, _ = super().forward(_as_3d(x))
         return out.view(*x.shape[:-1], out.shape[-1])

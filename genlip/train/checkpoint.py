@@ -75,9 +75,11 @@ def _shared_hashes(step_dir: Path, names: list[str]) -> dict[str, dict]:
     return {k: v for part in parts for k, v in part.items()}
 
 
-def save_checkpoint(engine, ckpt_dir: Path, step: int, state: dict, *, keep_last: int, fault=None) -> str:
+def save_checkpoint(engine, ckpt_dir: Path, step: int, state: dict, *, keep_last: int, universal_info=None,
+                    fault=None) -> str:
     """Collective: every rank calls it. Returns the tag; raises SaveError (on every rank) if it failed.
 
+    `universal_info` goes into DeepSpeed's files as `universal_checkpoint_info` (for its `ds_to_universal`).
     `fault(rank)` is a test hook called after DeepSpeed's files are written (it raises to simulate a
     full disk on that rank)."""
     tag = f"step{step:09d}"
@@ -88,7 +90,8 @@ def save_checkpoint(engine, ckpt_dir: Path, step: int, state: dict, *, keep_last
     dist.barrier()
     error = None
     try:
-        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"genlip": state}, save_latest=False)
+        client = {"genlip": state} | ({"universal_checkpoint_info": universal_info} if universal_info else {})
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client, save_latest=False)
     except Exception as e:  # noqa: BLE001 - any failure to write must leave no half checkpoint behind
         error = e
         dist.barrier()  # the barrier DeepSpeed's save ends with, where the other ranks now wait

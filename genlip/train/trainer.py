@@ -46,7 +46,7 @@ from genlip.weights.deepspeed_files import STATE_FILE, CheckpointError, canonica
 from genlip.weights.load import ModelPathError, load_state, run_tokenizer
 from genlip.weights.model_file import save_model
 from genlip.weights.official import OfficialFormatError
-from genlip.weights.universal import UNIVERSAL_DIR, Universal, save_universal
+from genlip.weights.universal import UNIVERSAL_DIR, Universal, deepspeed_universal_info, save_universal
 from genlip.train.metrics import Logger, batch_stats, memory_gib, peak_tflops
 from genlip.train.schedule import lr_at
 from genlip.train.validation import batch_targets, plan_validation, val_batches
@@ -393,8 +393,10 @@ class Trainer:
         t = self.cfg.train
         fault = _disk_full if self.state["step"] in t.debug_save_fail_steps else None
         try:
+            # DeepSpeed's ds_to_universal reads these TP patterns; its pipeline names ("3.attn...") have none
+            info = deepspeed_universal_info(self.model_cfg) if self.cfg.parallel.pp == 1 else None
             tag = save_checkpoint(self.engine, self.ckpt_dir, self.state["step"], state, keep_last=t.keep_last,
-                                  fault=fault)
+                                  universal_info=info, fault=fault)
         except SaveError as e:
             self.log.print(f"step {self.state['step']} | checkpoint FAILED: {e}"
                            + ("; training goes on (train.save_failure=warn)" if t.save_failure == "warn" else ""))

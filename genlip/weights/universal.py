@@ -11,6 +11,7 @@ universal checkpoint plays; ours covers pipeline and ZeRO-3 checkpoints as well,
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from genlip.atomic import atomic_write_json
+from genlip.model.config import ModelConfig
 from genlip.weights.deepspeed_files import CheckpointInfo, read_training_state
 
 UNIVERSAL_DIR = "universal"
@@ -57,3 +59,30 @@ class Universal:
 
     def get(self, key: str, name: str) -> torch.Tensor:
         return self._files[key].get_tensor(name)
+
+
+def deepspeed_universal_info(cfg: ModelConfig) -> dict:
+    """DeepSpeed's `universal_checkpoint_info` for our model, so its `ds_to_universal` merges our TP
+    checkpoints right: derived from each parameter's declared split (`tp_plan`). Unsplit parameters are
+    replicated; row-parallel weights join on dim 1; fused [q | gate] and [gate | up] blocks (stride 2) are
+    two sub-parameters on dim 0; other column / vocabulary splits join on dim 0 (DeepSpeed's default)."""
+    from genlip.model.genlip import GenLIP
+
+    with torch.device("meta"):
+        params = dict(GenLIP(cfg).named_parameters())
+    groups: dict[str, set] = {"tp_replicated_parameter_patterns": set(), "parameter_with_row_parallelism_patterns": set(),
+                              "parameter_with_2_sub_params_cat_dim_0": set()}
+    for name, p in params.items():
+        block = re.fullmatch(r"blocks\.\d+\.(.+)", name)  # one pattern for a parameter of every block
+        pattern = (r"^blocks\.\d+\." + re.escape(block[1]) if block else "^" + re.escape(name)) + "$"
+        plan = getattr(p, "tp_plan", None)
+        if plan is None:
+            groups["tp_replicated_parameter_patterns"].add(pattern)
+        elif plan == (1, 1):
+            groups["parameter_with_row_parallelism_patterns"].add(pattern)
+        elif plan == (0, 2):
+            groups["parameter_with_2_sub_params_cat_dim_0"].add(pattern)
+        elif plan != (0, 1):
+            raise ValueError(f"{name}: no DeepSpeed universal pattern for a split {plan}")
+    return {"universal_checkpoint_version": 0.4, **{k: sorted(v) for k, v in groups.items()}}
+

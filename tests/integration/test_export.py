@@ -4,14 +4,17 @@ made by the live consolidation path, not by the offline reader); the authors' la
 a run starts from an authors'-layout directory under tensor parallelism with exactly its weights."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from genlip.weights import load_model_file
+from genlip.weights.deepspeed_files import find_checkpoint, read_training_state
 from genlip.weights.export_cli import main as export_main
 from genlip.weights.official import load_official
-from tests.helpers import build_tiny_dataset, run_train
+from tests.helpers import build_tiny_dataset, run_train, train_env
 from tests.official_fixture import write_official_dir
 
 
@@ -27,7 +30,7 @@ train: {{total_samples: 1.0e6, max_steps: 4, global_batch_rows: 4, micro_batch_r
         save_interval: 2, keep_last: 0}}
 """)
     layouts = {"ref2": (1, ["train.max_steps=2"]), "ref4": (1, []), "zero3_dp2": (2, ["parallel.zero_stage=3"]),
-               "tp2_pp2": (4, ["parallel.tp=2", "parallel.pp=2"])}
+               "tp2_pp2": (4, ["parallel.tp=2", "parallel.pp=2"]), "tp2": (2, ["parallel.tp=2", "train.max_steps=2"])}
     for name, (nproc, overrides) in layouts.items():
         proc = run_train(nproc, config, f"train.output_dir={root / name}", *overrides, timeout=900)
         assert proc.returncode == 0, (name, proc.stderr[-3000:])
@@ -89,3 +92,22 @@ def test_bad_sources_give_clear_errors(runs, tmp_path, capsys):
     assert export_main([str(root / "ref4"), "--step", "3", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "no checkpoint for step 3" in err and "step000000002" in err
+
+
+def test_deepspeeds_ds_to_universal_reads_our_tp_checkpoints(runs, tmp_path):
+    """DeepSpeed's own converter merges a TP=2 ZeRO-1 checkpoint of ours into the tensors of our export
+    (our checkpoints carry `universal_checkpoint_info` derived from the declared TP splits, and no None
+    `_extra_state` entries), Adam moments included."""
+    root, _ = runs
+    step = root / "tp2" / "checkpoints" / "step000000002"
+    out = tmp_path / "universal"
+    proc = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(step),
+                           "--output_folder", str(out)], capture_output=True, text=True, env=train_env(), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    ours, _ = load_model_file(root / "tp2" / "model.safetensors")
+    states, _ = read_training_state(find_checkpoint(step))
+    for name, tensor in ours.items():
+        assert torch.equal(torch.load(out / "zero" / name / "fp32.pt", weights_only=False)["param"], tensor), name
+        got = torch.load(out / "zero" / name / "exp_avg.pt", weights_only=False)["param"]
+        assert torch.equal(got, states["exp_avg"][name]), name
+
