@@ -38,15 +38,18 @@ def _as_3d(x: torch.Tensor) -> torch.Tensor:
 
 class _NoExtraState:
     """megatron's linears save an `_extra_state` entry (None: a Transformer Engine hook) in every state dict;
-    DeepSpeed's universal-checkpoint converter cannot handle None tensors, so ours save none, and entries
-    in checkpoints written before are ignored on load."""
+    DeepSpeed's universal-checkpoint converter cannot handle None tensors, so ours save none. On load,
+    megatron's pre-hook adds the entry back and checkpoints written before hold it: it is not unexpected."""
 
     get_extra_state = torch.nn.Module.get_extra_state
     set_extra_state = torch.nn.Module.set_extra_state
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        state_dict.pop(prefix + "_extra_state", None)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if prefix + "_extra_state" in unexpected_keys:
+            unexpected_keys.remove(prefix + "_extra_state")
 
 
 class _Column(_NoExtraState, ColumnParallelLinear):
