@@ -27,6 +27,8 @@ setup(
         "tqdm",
         "webdataset",
         "matplotlib",
+        # genlip-eval's CIDEr/BLEU-4: the COCO caption scorers (their Bleu and Cider are pure Python; no Java).
+        "pycocoevalcap>=1.2",
     ],
     extras_require={
         # GPU kernels. NVIDIA apex is built from NVIDIA's source, never from PyPI (its `apex` is unrelated).
@@ -43,6 +45,7 @@ setup(
             "genlip-ckpt=genlip.train.ckpt_cli:main",
             "genlip-submit=genlip.cluster.submit:main",
             "genlip-sweep=genlip.cluster.sweep:main",
+            "genlip-eval=genlip.eval.cli:main",
         ],
     },
 )

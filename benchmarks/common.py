@@ -10,9 +10,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_tools.build import BuildOptions, build  # noqa: E402
-from data_tools.sources import SourceOptions, expand_inputs  # noqa: E402
 from data_tools.tokenizer import iter_captions  # noqa: E402
 from genlip.data.images import ImageMode  # noqa: E402
+from genlip.data.sources import SourceOptions, expand_inputs  # noqa: E402
 from genlip.data.synthetic import write_webdataset_shards  # noqa: E402
 from genlip.data.tokenizer import train_sentencepiece  # noqa: E402
 

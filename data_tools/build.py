@@ -23,13 +23,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_tools.sources import InputError, RawSample, SourceOptions, Skip, expand_inputs, iter_source
-from genlip.data.images import BadImage, ImageMode, encode_image, load_image, resize_for_mode
 from genlip.atomic import atomic_write_json
+from genlip.data.images import BadImage, ImageMode, encode_image, load_image, resize_for_mode
 from genlip.data.shards import FORMAT, SCHEMA_VERSION, ShardWriter
-from genlip.data.tokenizer import Tokenizer, file_sha256
+from genlip.data.sources import InputError, RawSample, SourceOptions, Skip, expand_inputs, iter_source
+from genlip.data.tokenizer import STAGE1_PROMPT, Tokenizer, file_sha256
 
-STAGE1_PROMPT = "Describe the image in detail."
 EXAMPLES_PER_REASON = 5
 
 

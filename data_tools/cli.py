@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from data_tools import build, inspect_data, pack, tokenizer, verify
-from data_tools.sources import InputError
 from genlip.data.shards import DatasetError
+from genlip.data.sources import InputError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,8 +7,8 @@ import itertools
 import sys
 from pathlib import Path
 
-from data_tools.sources import RawSample, SourceOptions, expand_inputs, iter_source
-from genlip.data.tokenizer import Tokenizer, train_sentencepiece
+from genlip.data.sources import RawSample, SourceOptions, expand_inputs, iter_source
+from genlip.data.tokenizer import STAGE1_PROMPT, Tokenizer, train_sentencepiece
 
 
 def iter_captions(inputs, opts: SourceOptions):
@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     ap.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram", help="sentencepiece model type")
     ap.add_argument("--max-sentences", type=int, default=2_000_000, help="captions sampled for training")
     ap.add_argument("--caption-field", default="caption", help="JSON field / column holding the caption")
-    ap.add_argument("--prompt", default="Describe the image in detail.", help="also trained on, so it tokenizes well")
+    ap.add_argument("--prompt", default=STAGE1_PROMPT, help="also trained on, so it tokenizes well")
     ap.set_defaults(run=run)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from genlip.eval.periodic import EvalSpec
 from genlip.model.config import PRESETS, ModelConfig, get_preset
 
 
@@ -148,12 +149,22 @@ class TrainSection:
 
 
 @dataclass
+class EvalSection(EvalSpec):
+    """Evaluations during training (genlip.eval.periodic): every eval.interval steps and at the end of the run,
+    logged under eval/ in TensorBoard and metrics.jsonl, and in result.json. Nothing runs while eval.probes is empty."""
+
+    interval: int = 0
+    """Steps between evaluations (0: only at the end of the run)."""
+
+
+@dataclass
 class Config:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     parallel: ParallelSection = field(default_factory=ParallelSection)
     train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -284,6 +295,13 @@ def validate(cfg: Config, *, world_size: int, vocab_size: int | None = None) -> 
         raise ConfigError(f"data.seq_len={d.seq_len} and data.max_samples_per_row={d.max_samples_per_row} are too small")
     if not 0 <= cfg.optim.warmup_ratio < 1:
         raise ConfigError(f"optim.warmup_ratio={cfg.optim.warmup_ratio} must be in [0, 1)")
+    if cfg.eval.probes:
+        try:
+            cfg.eval.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if cfg.eval.interval < 0:
+        raise ConfigError(f"eval.interval={cfg.eval.interval} must be >= 0")
     if d.weights and len(d.weights) != len(d.datasets):
         raise ConfigError(f"data.weights has {len(d.weights)} entries for {len(d.datasets)} datasets")
     return m
@@ -307,11 +325,11 @@ def field_help() -> str:
 
 
 def _field_docs(cls) -> dict[str, str]:
-    """Docstrings written under dataclass fields (attribute docstrings)."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
+    """Docstrings written under dataclass fields (attribute docstrings), base classes included."""
     docs = {}
-    for a, b in zip(body, body[1:]):
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
-            docs[a.target.id] = str(b.value.value)
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        body = ast.parse(inspect.getsource(klass)).body[0].body
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
+                docs[a.target.id] = str(b.value.value)
     return docs

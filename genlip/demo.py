@@ -5,8 +5,11 @@
 2. Trains a sentencepiece tokenizer and builds indexed shards with `genlip-data`.
 3. Trains the `small` GenLIP with 2 processes (data parallel with DeepSpeed ZeRO-1 over megatron-core
    layers by default; `--tp 2` splits the model instead) with `genlip-train`, logging to TensorBoard.
-4. Prints greedy captions of held-out images beside their true captions, next-token accuracy against a
-   most-frequent-token baseline, and where the logs and the loss-curve PNG are.
+4. Evaluates with `genlip.eval` (the library behind `genlip-eval`): greedy captions of held-out images
+   beside their true captions, next-token accuracy against image-blind baselines (the most frequent
+   token; a leave-one-out trigram of the captions), zero-shot colour classification by caption
+   likelihood against chance, and attentive / linear probes on frozen patch features (the trained model
+   against the same model at its random initialisation); then where the logs and the loss-curve PNG are.
 About 10 minutes on 2 CPU cores.
 """
 
@@ -21,10 +24,20 @@ import sys
 import time
 from pathlib import Path
 
-from genlip.data.synthetic import score_captions, write_webdataset_shards
-from genlip.evaluate import greedy_captions, load_held_out, plot_loss_curve, token_accuracy
-from genlip.model import GenLIP
-from genlip.weights.model_file import load_model_file
+from genlip.atomic import atomic_write_json
+from genlip.data.images import ImageMode
+from genlip.data.synthetic import class_templates, score_captions, write_imagefolder, write_webdataset_shards
+from genlip.data.tokenizer import Tokenizer
+from genlip.eval.caption import run_caption
+from genlip.eval.dist import EvalGroup
+from genlip.eval.features import extract_features
+from genlip.eval.inputs import EvalData, InputOptions
+from genlip.eval.loss import run_loss
+from genlip.eval.loss_curve import plot_loss_curve
+from genlip.eval.probe import ProbeOptions, run_probes, split_by_fraction, subset
+from genlip.eval.zeroshot import ClassSpec, run_zeroshot
+from genlip.model import build_model
+from genlip.weights import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "run_scripts" / "configs" / "demo.yaml"
@@ -93,32 +106,65 @@ def main(argv=None) -> int:
                      f"data.val_datasets=[{out / 'val'}]", f"train.output_dir={run_dir}",
                      f"train.total_samples={args.samples}", f"parallel.tp={args.tp}"], "training", env=env)
 
-    state, cfg = load_model_file(run_dir / "model.safetensors")
-    model = GenLIP(cfg)
-    model.load_state_dict(state)
-    held = load_held_out(out / "val")
-    acc, baseline = token_accuracy(model, held)
-    idx = list(range(min(args.examples, len(held.captions))))
-    predicted = greedy_captions(model, held, range(len(held.captions)))
-    truth = [held.tokenizer.decode(c[: -len(held.tokenizer.end_ids)]) for c in held.captions]
-    exact = sum(p.strip() == t.strip() for p, t in zip(predicted, truth)) / len(truth)
+    t_eval = time.perf_counter()
+    loaded = load_model(run_dir)
+    model, group = loaded.model, EvalGroup()
+    tokenizer = Tokenizer(tok)
+    loss = run_loss(model, EvalData([out / "val"], tokenizer=tokenizer), group, progress=False)
+    captions = run_caption(model, EvalData([out / "val"], tokenizer=tokenizer), group, max_new_tokens=48,
+                           progress=False)["predictions"]
+    predicted, truth = [c["prediction"] for c in captions], [c["references"][0] for c in captions]
+    zeroshot, probes = _zeroshot_and_probes(model, loaded.config, out, tokenizer, args.image_size)
     png = plot_loss_curve(run_dir, out / "loss_curve.png")
 
     print("\n=== held-out images (never seen in training): greedy captions ===")
-    for i in idx:
+    for i in range(min(args.examples, len(truth))):
         mark = "OK " if predicted[i].strip() == truth[i].strip() else "   "
         print(f"{mark}true: {truth[i]}\n   pred: {predicted[i]}")
-    print(f"\nnext-token accuracy on held-out captions: {100 * acc:.1f}% "
-          f"(always predicting the most frequent token: {100 * baseline:.1f}%)")
+    print(f"\nnext-token accuracy on held-out captions: {100 * loss['accuracy']:.1f}% (image-blind baselines: "
+          f"a trigram of the other captions {100 * loss['ngram_accuracy']:.1f}%, always the most frequent token "
+          f"{100 * loss['most_frequent_token_accuracy']:.1f}%)")
+    print(f"held-out caption loss: {loss['loss']:.3f} nats/token (trigram baseline: {loss['ngram_loss']:.3f})")
+    exact = sum(p.strip() == t.strip() for p, t in zip(predicted, truth)) / len(truth)
     print(f"exactly right captions: {100 * exact:.1f}% of {len(truth)}")
     scores = score_captions(predicted, truth)
     print("attributes right in greedy captions (chance in brackets): " + ", ".join(
         f"{k} {100 * a:.0f}% ({100 * c:.0f}%)" for k, (a, c) in scores.items()))
+    print(f"zero-shot colour classification by caption likelihood: {100 * zeroshot['top1']:.1f}% "
+          f"(chance {100 * zeroshot['chance_top1']:.1f}%; {zeroshot['images']} one-object images, "
+          f"{zeroshot['classes']} colours)")
+    print("probes on frozen patch features, colour of one object (chance "
+          f"{100 * probes['trained']['chance']:.1f}%): " + "; ".join(
+              f"{name}: attentive {100 * r['attentive_top1']:.1f}%, linear {100 * r['linear_top1']:.1f}%"
+              for name, r in probes.items()))
+    print(f"[evaluation: {time.perf_counter() - t_eval:.0f}s]")
     print(f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
     print(f"loss curve: {png}")
     print(f"model: {run_dir / 'model.safetensors'} (+ .json config)")
     print(f"total time: {time.perf_counter() - t_start:.0f}s")
     return 0
+
+
+def _zeroshot_and_probes(model, cfg, out: Path, tokenizer: Tokenizer, size: int) -> tuple[dict, dict]:
+    """Zero-shot colour classification, and colour probes for the trained and a random-init model."""
+    group, opts = EvalGroup(), InputOptions(image_mode=ImageMode(size=size))
+    # Large objects at the center, any shape: 5 templates ("a large {} <shape> at the center.") instead of 90.
+    fixed = {"position": "center", "size": "large"}
+    zs_dir = out / "zeroshot_colour"
+    if not zs_dir.exists():
+        write_imagefolder(zs_dir, attribute="colour", per_class=6, seed=2, size=size, fixed=fixed)
+    spec = ClassSpec(sorted(p.name for p in zs_dir.iterdir()), class_templates("colour", fixed))
+    atomic_write_json(out / "colour_classes.json", {"classes": spec.classes, "templates": spec.templates})
+    zeroshot = run_zeroshot(model, EvalData([zs_dir], tokenizer=tokenizer, options=opts), spec, group, progress=False)
+    probe_dir = out / "probe_colour"
+    if not probe_dir.exists():
+        write_imagefolder(probe_dir, attribute="colour", per_class=30, seed=3, size=size)
+    probes = {}
+    for name, m in (("trained", model), ("random init", build_model(cfg, seed=0).eval())):
+        fs = extract_features(m, EvalData([probe_dir], tokenizer=None, options=opts), group, progress=False)
+        train, test = split_by_fraction(fs.keys, fs.labels, 0.25, seed=0)
+        probes[name] = run_probes(subset(fs, train), subset(fs, test), ProbeOptions())
+    return zeroshot, probes
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def make_raw_dataset(root: Path, *, shards: int = 3, per_shard: int = 30, size: 
                      vocab_size: int = 300) -> tuple[list[Path], Path]:
     """Synthetic img2dataset-style tar shards plus a sentencepiece tokenizer trained on their captions."""
     from data_tools.tokenizer import iter_captions
-    from data_tools.sources import SourceOptions
+    from genlip.data.sources import SourceOptions
     from genlip.data.synthetic import write_webdataset_shards
     from genlip.data.tokenizer import train_sentencepiece
 

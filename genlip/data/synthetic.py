@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import re
 from functools import lru_cache
@@ -330,12 +331,14 @@ def write_webdataset_shards(
     start_index: int = 0,
     image_format: str = "jpg",
     caption_json: bool = False,
+    one_object: bool = False,
 ) -> list[Path]:
     """Write scenes start_index .. start_index + num_samples - 1 as tar shards 00000.tar, 00001.tar, ...
 
     img2dataset layout: each sample has ``KEY.<image_format>`` and ``KEY.txt`` (the caption), plus
     ``KEY.json`` = {"caption", "key"} when `caption_json`. Tar headers carry a fixed mtime, so the
-    shards are byte-identical across runs. Returns the shard paths in order.
+    shards are byte-identical across runs. `one_object`: scenes of `object_scene_spec` (one object,
+    no word; an easier task that a tiny model learns in a minute or two). Returns the shard paths in order.
     """
     if num_samples < 0 or samples_per_shard < 1 or start_index < 0:
         raise ValueError("need num_samples >= 0, samples_per_shard >= 1 and start_index >= 0")
@@ -348,13 +351,18 @@ def write_webdataset_shards(
         with open(path, "wb") as stream, webdataset.TarWriter(stream, encoder=False, mtime=0) as sink:
             stop = start_index + min(first + samples_per_shard, num_samples)
             for index in range(start_index + first, stop):
-                sink.write(_webdataset_sample(seed, index, size, image_format, caption_json))
+                sink.write(_webdataset_sample(seed, index, size, image_format, caption_json, one_object))
         paths.append(path)
     return paths
 
 
-def _webdataset_sample(seed: int, index: int, size: int, image_format: str, caption_json: bool) -> dict:
-    image, caption = render_scene(seed, index, size)
+def _webdataset_sample(seed: int, index: int, size: int, image_format: str, caption_json: bool,
+                       one_object: bool = False) -> dict:
+    if one_object:
+        spec = object_scene_spec(seed, index)
+        image, caption = render_spec(spec, size), caption_from_spec(spec)
+    else:
+        image, caption = render_scene(seed, index, size)
     key = sample_key(index)
     sample = {"__key__": key, image_format: encode_image(image, image_format), "txt": caption.encode()}
     if caption_json:
@@ -386,6 +394,67 @@ def write_jsonl(
             rows.write(json.dumps({"image": rel, "caption": caption}) + "\n")
     return jsonl
 
+
+
+# --------------------------------------------------------------------------- class-per-folder sets
+
+ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
+    "colour": tuple(COLOURS), "shape": SHAPES, "size": SIZES,
+    "position": tuple(p for row in POSITIONS for p in row),
+}
+
+
+def object_scene_spec(seed: int, index: int, **fixed: str) -> dict[str, Any]:
+    """A scene with one object and no word; attributes in `fixed` (colour, shape, size, position) are set,
+    the others drawn from ``(seed, index)`` as in `scene_spec`."""
+    unknown = set(fixed) - set(ATTRIBUTE_VALUES)
+    if unknown:
+        raise ValueError(f"unknown attribute(s) {sorted(unknown)}; choose from {sorted(ATTRIBUTE_VALUES)}")
+    draws = _Draws(seed, index)
+    grey = 96 + draws.below(65)
+    background = tuple(grey - 12 + draws.below(25) for _ in range(3))
+    values = {k: fixed[k] if k in fixed else draws.choice(v) for k, v in ATTRIBUTE_VALUES.items()}
+    for k, v in values.items():
+        if v not in ATTRIBUTE_VALUES[k]:
+            raise ValueError(f"{k} {v!r} is not one of {ATTRIBUTE_VALUES[k]}")
+    cell = next((r, c) for r in range(3) for c in range(3) if POSITIONS[r][c] == values["position"])
+    obj = {"size": values["size"], "colour": values["colour"], "shape": values["shape"],
+           "position": values["position"], "cell": cell, "jitter": (draws.permille(), draws.permille())}
+    return {"seed": seed, "index": index, "background": background, "objects": [obj], "word": None}
+
+
+def write_imagefolder(root: str | Path, *, attribute: str = "colour", per_class: int = 8, seed: int = 0,
+                      size: int = 224, fixed: dict[str, str] | None = None, image_format: str = "png") -> list[str]:
+    """An ImageFolder tree ``root/VALUE/KEY.<format>`` of one-object scenes, one folder per value of
+    `attribute` (the class), the other attributes drawn per image unless given in `fixed`. Scene ids
+    (``seed``, index) differ between images and classes. Returns the class names (folder names) in order."""
+    fixed = dict(fixed or {})
+    if attribute not in ATTRIBUTE_VALUES:
+        raise ValueError(f"attribute {attribute!r}: choose from {sorted(ATTRIBUTE_VALUES)}")
+    if attribute in fixed:
+        raise ValueError(f"{attribute} is the class attribute; it cannot also be fixed")
+    classes = list(ATTRIBUTE_VALUES[attribute])
+    for c, value in enumerate(classes):
+        folder = Path(root) / value
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            index = c * per_class + k
+            spec = object_scene_spec(seed, index, **fixed, **{attribute: value})
+            image = render_spec(spec, size)
+            (folder / f"{sample_key(index)}.{image_format}").write_bytes(encode_image(image, image_format))
+    return classes
+
+
+def class_templates(attribute: str, fixed: dict[str, str] | None = None) -> list[str]:
+    """Caption templates with ``{}`` for `attribute`: one per combination of the attributes not in `fixed`
+    (in the exact caption grammar), e.g. ``a large {} circle at the top left.``."""
+    fixed = dict(fixed or {})
+    if attribute not in ATTRIBUTE_VALUES:
+        raise ValueError(f"attribute {attribute!r}: choose from {sorted(ATTRIBUTE_VALUES)}")
+    slots = ["size", "colour", "shape", "position"]
+    options = [["{}"] if k == attribute else [fixed[k]] if k in fixed else list(ATTRIBUTE_VALUES[k]) for k in slots]
+    return [caption_from_spec({"objects": [dict(zip(slots, combo))], "word": None})
+            for combo in itertools.product(*options)]
 
 
 _OBJECT_RE = re.compile(r"a (\w+) (\w+) (\w+) at the ([a-z ]+?)(?= and a |\.|$)")

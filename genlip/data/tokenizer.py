@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Iterable
 
 END_MARKER = "<|im_end|>"
+STAGE1_PROMPT = "Describe the image in detail."
+"""The paper's fixed stage-1 instruction; `genlip-data build` records `encode(STAGE1_PROMPT)` as a
+dataset's prompt, and `genlip-eval` uses the same ids for raw inputs."""
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -140,3 +140,13 @@ def attend_all(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     """Decode step: new text queries see every cached key of their own row."""
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
+
+
+def attend_cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Several new text tokens after a cache: the keys are [cache (Lk - Lq); the Lq new tokens], and new
+    token j sees every cached key and new tokens <= j (causal aligned to the bottom-right corner).
+    With one new token this is `attend_all`."""
+    Lq, Lk = q.shape[1], k.shape[1]
+    mask = torch.arange(Lk, device=q.device)[None, :] <= torch.arange(Lq, device=q.device)[:, None] + (Lk - Lq)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return out.transpose(1, 2)

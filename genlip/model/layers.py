@@ -80,6 +80,13 @@ class KVCache:
         self.v = v if self.v is None else torch.cat([self.v, v], dim=1)
         return self.k, self.v
 
+    def repeated(self, repeats: int) -> "KVCache":
+        """A new cache with each row repeated `repeats` times (row b -> rows b*repeats ...); this one is kept."""
+        out = KVCache()
+        out.k = self.k.repeat_interleave(repeats, dim=0)
+        out.v = self.v.repeat_interleave(repeats, dim=0)
+        return out
+
 
 class GatedAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, kit):

@@ -33,6 +33,7 @@ from genlip.config import Config, ConfigError, field_help, load_config, padded_v
 from genlip.data.loader import LoaderSpec, PackedRows, build_loader
 from genlip.data.packing import PackingSpec
 from genlip.data.shards import DatasetError, load_manifest, manifest_hash
+from genlip.eval import run_evals
 from genlip.info import count_params
 from genlip.model.genlip import GenLIP
 from genlip.model.init import init_weights, load_full_state_dict
@@ -386,6 +387,24 @@ class Trainer:
                        f"({val['rows']:,} held-out rows, {val['targets']:,} target tokens)")
         self.log.scalars(self.state["step"], self.state["samples"], {"val/loss": val["loss"]})
 
+    def _periodic_eval(self) -> None:
+        """eval.probes on the consolidated weights: every rank builds the single-process model and evaluates its
+        share of the samples (genlip.eval.run_evals over the world group); logged under eval/."""
+        if not self.cfg.eval.probes:
+            return
+        state = consolidated_state_dict(self.engine.module, name_map=self.name_map,
+                                        zero3=self.cfg.parallel.zero_stage == 3)
+        box = [state]
+        dist.broadcast_object_list(box, src=0)
+        model = GenLIP(self.model_cfg)
+        model.load_state_dict(box[0])
+        del state, box
+        metrics = run_evals(model.to(self.device).eval(), self.cfg.eval, tokenizer_path=run_tokenizer(self.run_dir))
+        self.state["last_eval"] = {"step": self.state["step"], **metrics}
+        self.log.print(f"step {self.state['step']} | " + " | ".join(f"{k.removeprefix('eval/')} {v:.4f}"
+                                                                    for k, v in metrics.items()))
+        self.log.scalars(self.state["step"], self.state["samples"], metrics)
+
     def _save(self) -> bool:
         """Checkpoint; False if the save failed (already reported; the caller decides to go on or stop)."""
         state = {"identity": self._resume_identity(), "progress": dict(self.state), "config": self.cfg.to_dict(),
@@ -458,6 +477,8 @@ class Trainer:
                 window = dict.fromkeys(window, 0.0)
             if t.eval_interval and step % t.eval_interval == 0:
                 self._log_validation()
+            if self.cfg.eval.interval and step % self.cfg.eval.interval == 0:
+                self._periodic_eval()
             if bad_in_a_row >= t.max_bad_steps:
                 self.log.print(f"stopping: {bad_in_a_row} consecutive steps had a non-finite loss or gradient norm "
                                "and were skipped; the checkpoint holds the last good weights. Lower optim.lr, check "
@@ -485,6 +506,8 @@ class Trainer:
         if code == 0:
             if self.state["last_val_step"] != self.state["step"]:
                 self._log_validation(final=True)
+            if (self.state.get("last_eval") or {}).get("step") != self.state["step"]:
+                self._periodic_eval()
             self.export()
         self._write_result(code)
         if code == EXIT_REQUEUE and self.rank == 0:
@@ -504,7 +527,7 @@ class Trainer:
         result = {"status": status, "preset": self.cfg.model.preset, "config": self.cfg.to_dict(),
                   "step": st["step"], "samples": st["samples"], "tokens": st["tokens"],
                   "final_loss": st["last_step_loss"], "train_loss_last_interval": st["last_loss"],
-                  "val_loss": st["last_val_loss"], "val_step": st["last_val_step"],
+                  "val_loss": st["last_val_loss"], "val_step": st["last_val_step"], "eval": st.get("last_eval"),
                   "params_total": n.total, "params_trunk": n.trunk,
                   "train_flops": st["flops"], "wall_time_s": st["wall_time"],
                   "samples_per_s": st["samples"] / st["wall_time"] if st["wall_time"] else None}

@@ -217,7 +217,7 @@ def test_hf_tokenizer_json_with_two_token_end_marker(raw, tmp_path):
     from tokenizers import models, pre_tokenizers, trainers
 
     _, tars, _ = raw
-    from data_tools.sources import SourceOptions
+    from genlip.data.sources import SourceOptions
     from data_tools.tokenizer import iter_captions
 
     hf = HFTokenizer(models.BPE(unk_token="<unk>"))

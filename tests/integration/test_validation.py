@@ -1,6 +1,8 @@
 """Validation means something: it covers the whole held-out set by default (every sample once, checked
 against the exported model scored sample by sample, outside the trainer), `train.eval_rows` changes
-what it sees, it runs at the end of every run, and result.json carries the final numbers."""
+what it sees, it runs at the end of every run, and result.json carries the final numbers. Periodic
+evaluations (eval.*) run at their interval and at the end, logged under eval/, the same under TP=2 as in
+one process."""
 
 import json
 
@@ -70,3 +72,30 @@ def test_eval_rows_changes_what_validation_sees(setup):
     one_row = json.loads((run / "result.json").read_text())["val_loss"]
     full = json.loads((root / "full" / "result.json").read_text())["val_loss"]
     assert abs(one_row - full) > 1e-4 * full, (one_row, full)  # same weights (same seed, data, steps)
+
+
+def test_periodic_evaluation_runs_under_any_layout(setup):
+    root, config = setup
+    from genlip.data.synthetic import class_templates, write_imagefolder
+
+    write_imagefolder(root / "colours", attribute="colour", per_class=3, seed=2, size=64,
+                      fixed={"size": "large", "shape": "circle"})
+    classes = root / "colours.yaml"
+    classes.write_text(json.dumps({"classes": sorted(p.name for p in (root / "colours").iterdir()),
+                                   "templates": class_templates("colour", {"size": "large", "shape": "circle"})}))
+    evals = ["eval.probes=[loss,zeroshot,probe]", f"eval.loss_data=[{root / 'ds'}]", f"eval.zeroshot_data=[{root / 'colours'}]",
+             f"eval.classes={classes}", f"eval.probe_train=[{root / 'colours'}]", "eval.probe_test_fraction=0.34",
+             "eval.image_size=64", "eval.probe_epochs=5", "eval.interval=2", "train.max_steps=3"]
+    results = {}
+    for name, nproc, layout in (("eval1", 1, []), ("eval_tp2", 2, ["parallel.tp=2"])):
+        proc = run_train(nproc, config, f"train.output_dir={root / name}", *evals, *layout)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        logged = read_metrics(root / name)
+        assert {k for k in logged[2] if k.startswith("eval/")} == {k for k in logged[3] if k.startswith("eval/")}
+        results[name] = json.loads((root / name / "result.json").read_text())["eval"]
+    one, tp2 = results["eval1"], results["eval_tp2"]
+    assert one["step"] == 3 and {"eval/loss/loss", "eval/zeroshot/top1", "eval/probe/linear_top1"} <= set(one)
+    assert one.keys() == tp2.keys()
+    for k in one:  # the same weights up to reduction order
+        assert tp2[k] == pytest.approx(one[k], rel=1e-4, abs=1e-6), k
+

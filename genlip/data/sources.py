@@ -1,6 +1,7 @@
 """Raw image-caption inputs: img2dataset/webdataset tar shards and JSONL/CSV/Parquet tables.
 
-Each input file yields `RawSample`s or `Skip`s. Tar members are paired by sample key (the member path up
+Read by `genlip-data` (building shards) and `genlip-eval` (evaluating on raw data). Each input file
+yields `RawSample`s or `Skip`s. Tar members are paired by sample key (the member path up
 to the first dot of its file name, as webdataset does), never by file order. Problems with one sample
 are `Skip`s with a reason and never stop the file; a missing or unreadable input file is an error.
 """
@@ -47,6 +48,8 @@ class RawSample:
     image: bytes | None
     caption: str | None
     instruction: str | None = None
+    label: str | None = None
+    """Class label, read only when a `label_field` is asked for (evaluation)."""
 
 
 @dataclass
@@ -68,8 +71,12 @@ def _split_key(name: str) -> tuple[str, str]:
     return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
-def iter_tar(path: Path, opts: SourceOptions, *, captions_only: bool = False) -> Iterator[RawSample | Skip]:
-    """Samples of one tar shard; a truncated tar yields its complete samples, then a Skip."""
+def iter_tar(path: Path, opts: SourceOptions, *, captions_only: bool = False,
+             label_field: str | None = None) -> Iterator[RawSample | Skip]:
+    """Samples of one tar shard; a truncated tar yields its complete samples, then a Skip.
+
+    `label_field`: "cls" reads the label from `KEY.cls` (webdataset's class member), any other name from
+    that field of `KEY.json`."""
     groups: OrderedDict[str, dict[str, tarfile.TarInfo]] = OrderedDict()
     truncated = False
     try:
@@ -86,7 +93,7 @@ def iter_tar(path: Path, opts: SourceOptions, *, captions_only: bool = False) ->
             truncated = True
         for key, members in groups.items():
             try:
-                yield _tar_sample(tf, key, members, opts, captions_only)
+                yield _tar_sample(tf, key, members, opts, captions_only, label_field)
             except (tarfile.ReadError, EOFError, OSError):
                 truncated = True
                 yield Skip(key, "truncated_tar")
@@ -101,7 +108,17 @@ def _read(tf: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
     return data
 
 
-def _tar_sample(tf, key, members, opts: SourceOptions, captions_only: bool) -> RawSample | Skip:
+def _label(value) -> str | None:
+    """A class label from a JSON value / table cell: strings and integers (as text); anything else is none."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (str, int)):
+        return str(value).strip() or None
+    return None
+
+
+def _tar_sample(tf, key, members, opts: SourceOptions, captions_only: bool,
+                label_field: str | None = None) -> RawSample | Skip:
     meta = None
     if "json" in members:
         raw = _decode_text(_read(tf, members["json"]), key)
@@ -121,11 +138,17 @@ def _tar_sample(tf, key, members, opts: SourceOptions, captions_only: bool) -> R
         value = meta.get(opts.caption_field)
         caption = value if isinstance(value, str) else None
     instruction = meta.get(opts.instruction_field) if opts.instruction_field and isinstance(meta, dict) else None
+    label = None
+    if label_field == "cls" and "cls" in members:
+        text = _decode_text(_read(tf, members["cls"]), key)
+        label = _label(text) if isinstance(text, str) else None
+    elif label_field and isinstance(meta, dict):
+        label = _label(meta.get(label_field))
     image_member = next((members[e] for e in IMAGE_EXTS if e in members), None)
     if captions_only:
-        return RawSample(key, None, caption, instruction)
+        return RawSample(key, None, caption, instruction, label)
     image = _read(tf, image_member) if image_member is not None else None
-    return RawSample(key, image, caption, instruction if isinstance(instruction, str) else None)
+    return RawSample(key, image, caption, instruction if isinstance(instruction, str) else None, label)
 
 
 def _table_rows(path: Path) -> Iterator[dict | Skip]:
@@ -150,8 +173,10 @@ def _table_rows(path: Path) -> Iterator[dict | Skip]:
             yield from batch.to_pylist()
 
 
-def iter_table(path: Path, opts: SourceOptions, *, captions_only: bool = False) -> Iterator[RawSample | Skip]:
-    """Rows of a JSONL/CSV/Parquet file naming an image file (relative to the table) or holding its bytes."""
+def iter_table(path: Path, opts: SourceOptions, *, captions_only: bool = False,
+               label_field: str | None = None) -> Iterator[RawSample | Skip]:
+    """Rows of a JSONL/CSV/Parquet file naming an image file (relative to the table) or holding its bytes;
+    `label_field` names the column holding a class label."""
     for n, row in enumerate(_table_rows(path)):
         if isinstance(row, Skip):
             yield row
@@ -168,15 +193,16 @@ def iter_table(path: Path, opts: SourceOptions, *, captions_only: bool = False) 
             yield Skip(key, "non_utf8_caption")  # CSV bytes that were not UTF-8 (surrogateescape)
             continue
         instruction = row.get(opts.instruction_field) if opts.instruction_field else None
+        label = _label(row.get(label_field)) if label_field else None
         if captions_only:
-            yield RawSample(key, None, caption if isinstance(caption, str) else None, instruction)
+            yield RawSample(key, None, caption if isinstance(caption, str) else None, instruction, label)
             continue
         image = _table_image(path, row.get(opts.image_column))
         if isinstance(image, str):
             yield Skip(key, image)
             continue
         yield RawSample(key, image, caption if isinstance(caption, str) else None,
-                        instruction if isinstance(instruction, str) else None)
+                        instruction if isinstance(instruction, str) else None, label)
 
 
 def _table_image(table: Path, value) -> bytes | str:
@@ -194,11 +220,12 @@ def _table_image(table: Path, value) -> bytes | str:
         return "missing_image"
 
 
-def iter_source(path: Path, opts: SourceOptions, *, captions_only: bool = False) -> Iterator[RawSample | Skip]:
+def iter_source(path: Path, opts: SourceOptions, *, captions_only: bool = False,
+                label_field: str | None = None) -> Iterator[RawSample | Skip]:
     if path.suffix == ".tar":
-        return iter_tar(path, opts, captions_only=captions_only)
+        return iter_tar(path, opts, captions_only=captions_only, label_field=label_field)
     if path.suffix in TABLE_SUFFIXES:
-        return iter_table(path, opts, captions_only=captions_only)
+        return iter_table(path, opts, captions_only=captions_only, label_field=label_field)
     raise InputError(f"{path}: unsupported input type; expected one of {', '.join(INPUT_SUFFIXES)}")
 
 
