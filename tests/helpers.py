@@ -109,3 +109,29 @@ def build_tiny_dataset(root: Path, *, shards: int = 2, per_shard: int = 30) -> t
     assert data_main(["build", *map(str, tars), "--out", str(out), "--tokenizer", str(tok), "--image-size", "64",
                       "--quiet"]) == 0
     return out, tars, tok
+
+
+def assert_matches_golden(model, golden: dict) -> None:
+    """Run the golden file's packed input through `model` and compare hidden states, target logits and
+    loss with the numbers the authors' module produced (tests/data/golden_*.json)."""
+    import pytest
+
+    from genlip.model import make_layout
+
+    scope = {"torch": torch, "make_layout": make_layout, "PackedBatch": PackedBatch}
+    exec(golden["how_inputs_were_made"], scope)
+    batch = scope["batch"]
+    with torch.no_grad():
+        h, layout = model.hidden(batch)
+        h = h[0]
+        logits = model.logits(h[layout.target_index])
+        loss = model(batch).loss.item()
+    if "target_index" in golden:
+        assert layout.target_index.tolist() == golden["target_index"]
+    assert h.double().abs().sum().item() == pytest.approx(golden["hidden_sum_abs"], rel=1e-6)
+    n = len(golden["hidden_first_rows"])
+    torch.testing.assert_close(h[:n, :8], torch.tensor(golden["hidden_first_rows"]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(h[-n:, :8], torch.tensor(golden["hidden_last_rows"]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits[:, :8], torch.tensor(golden["target_logits_first8"]), atol=1e-6, rtol=0)
+    assert loss == pytest.approx(golden["loss"], abs=1e-6)
+

@@ -8,37 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from genlip.model import GenLIP, PackedBatch, build_model, get_preset, make_layout
+from genlip.model import GenLIP, build_model, get_preset
 from genlip.weights import load_model
 from genlip.weights.official import OfficialFormatError, load_official, save_official, state_to_official
+from tests.helpers import assert_matches_golden
 from tests.official_fixture import write_official_dir
 
 GOLDEN = json.loads((Path(__file__).resolve().parents[1] / "data" / "golden_official.json").read_text())
 
 
-def golden_batch() -> PackedBatch:
-    scope = {"torch": torch, "make_layout": make_layout, "PackedBatch": PackedBatch}
-    exec(GOLDEN["how_inputs_were_made"], scope)
-    return scope["batch"]
-
-
 @pytest.mark.parametrize("saved_form", [False, True])
 def test_official_checkpoint_gives_the_authors_logits(tmp_path, saved_form):
     write_official_dir(tmp_path, seed=GOLDEN["fixture_seed"], saved_form=saved_form)
-    model = load_model(tmp_path).model  # detects the layout from config.json
-    batch = golden_batch()
-    with torch.no_grad():
-        h, layout = model.hidden(batch)
-        h = h[0]
-        logits = model.logits(h[layout.target_index])
-        loss = model(batch).loss.item()
-    assert layout.target_index.tolist() == GOLDEN["target_index"]
-    assert h.double().abs().sum().item() == pytest.approx(GOLDEN["hidden_sum_abs"], rel=1e-6)
-    n = len(GOLDEN["hidden_first_rows"])
-    torch.testing.assert_close(h[:n, :8], torch.tensor(GOLDEN["hidden_first_rows"]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(h[-n:, :8], torch.tensor(GOLDEN["hidden_last_rows"]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(logits[:, :8], torch.tensor(GOLDEN["target_logits_first8"]), atol=1e-6, rtol=0)
-    assert loss == pytest.approx(GOLDEN["loss"], abs=1e-6)
+    assert_matches_golden(load_model(tmp_path).model, GOLDEN)  # the layout is detected from config.json
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
