@@ -9,6 +9,8 @@ are errors that list the valid ones. Every field's docstring is its help text (`
 
 from __future__ import annotations
 
+from genlip.errors import UserError
+
 import ast
 import dataclasses
 import inspect
@@ -22,7 +24,7 @@ from genlip.eval.periodic import EvalSpec
 from genlip.model.config import PRESETS, ModelConfig, get_preset
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A run configuration that cannot work; the message says which field and what to change."""
 
 

@@ -8,6 +8,8 @@ back. One sequence per document here, so document indices are 0..n. Files writte
 
 from __future__ import annotations
 
+from genlip.errors import UserError
+
 import os
 import struct
 from pathlib import Path
@@ -22,7 +24,7 @@ CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
 HEADER_BYTES = len(MAGIC) + 8 + 1 + 8 + 8
 
 
-class IndexedFormatError(ValueError):
+class IndexedFormatError(UserError):
     """A .bin/.idx pair that is not a valid MMIDIDX file (message names the file)."""
 
 

@@ -14,6 +14,8 @@ a shard that looks finished. Per-sample CRC32s let the loader catch a corrupt by
 
 from __future__ import annotations
 
+from genlip.errors import UserError
+
 import json
 import os
 import zlib
@@ -34,7 +36,7 @@ META_DTYPE = np.dtype([("grid_h", "<u2"), ("grid_w", "<u2"), ("text_len", "<u4")
 KINDS = ("text", "image", "prompt")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset that does not match its manifest; the message names the file and what to do."""
 
 

@@ -8,6 +8,8 @@ are `Skip`s with a reason and never stop the file; a missing or unreadable input
 
 from __future__ import annotations
 
+from genlip.errors import UserError
+
 import csv
 import glob
 import json
@@ -22,7 +24,7 @@ TABLE_SUFFIXES = (".jsonl", ".csv", ".parquet")
 INPUT_SUFFIXES = (".tar",) + TABLE_SUFFIXES
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """A problem with an input file as a whole (not one sample); names the file and what to do."""
 
 

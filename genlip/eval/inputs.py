@@ -14,6 +14,8 @@ Every rank walks the whole stream (metadata is cheap) but decodes images only fo
 
 from __future__ import annotations
 
+from genlip.errors import UserError
+
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,7 @@ from genlip.data.tokenizer import STAGE1_PROMPT, Tokenizer
 from genlip.eval.dist import CHUNK, EvalGroup
 
 
-class EvalInputError(ValueError):
+class EvalInputError(UserError):
     """A user mistake in the evaluation inputs; the message names the file or field and what to do."""
 
 

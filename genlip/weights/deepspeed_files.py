@@ -21,6 +21,8 @@ model-parallel rank only.
 
 from __future__ import annotations
 
+from genlip.errors import UserError
+
 import json
 import math
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from genlip.model.init import merge_tensors
 STATE_FILE = "genlip_state.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read; the message names the file and what to do."""
 
 

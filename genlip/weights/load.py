@@ -9,6 +9,8 @@ by genlip.weights.deepspeed_files).
 
 from __future__ import annotations
 
+from genlip.errors import UserError
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from genlip.weights.official import is_official_dir, load_official
 MODEL_FILE = "model.safetensors"
 
 
-class ModelPathError(ValueError):
+class ModelPathError(UserError):
     """The path holds no model this project can read; the message says what was expected."""
 
 

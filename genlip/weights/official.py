@@ -23,6 +23,8 @@ to "default" on load, so both forms are read. A `model.` prefix (some merge tool
 
 from __future__ import annotations
 
+from genlip.errors import UserError
+
 import json
 import re
 from pathlib import Path
@@ -53,7 +55,7 @@ TRUNK_PREFIXES = ("embed.patch_embed.", "blocks.", "head.ln_post.")
 """What deployment keeps: patch embedding, blocks and the final LayerNorm (its output is the feature)."""
 
 
-class OfficialFormatError(ValueError):
+class OfficialFormatError(UserError):
     """An authors'-layout checkpoint this project cannot represent, or a malformed one."""
 
 
