@@ -40,7 +40,7 @@ setup(
             "genlip-info=genlip.info:main",
             "genlip-demo=genlip.demo:main",
             "genlip-data=data_tools.cli:main",
-            "genlip-train=genlip.train.trainer:main",
+            "genlip-train=genlip.train.cli:main",
             "genlip-export=genlip.weights.export_cli:main",
             "genlip-ckpt=genlip.train.ckpt_cli:main",
             "genlip-submit=genlip.cluster.submit:main",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from genlip.eval.periodic import EvalSpec
+from genlip.eval.spec import EvalSpec
 from genlip.model.config import PRESETS, ModelConfig, get_preset
 
 
@@ -185,16 +185,26 @@ def _set(cfg: Config, dotted: str, value, source: str) -> None:
     if section == "model" and key != "preset":
         if key not in MODEL_FIELDS:
             raise ConfigError(f"{source}: unknown key model.{key}; model fields: preset, {', '.join(sorted(MODEL_FIELDS))}")
+        value = _coerce(dotted, getattr(ModelConfig(), key), value, source)
         cfg.model.overrides[key] = tuple(value) if isinstance(value, list) else value
         return
     obj = getattr(cfg, section)
     names = {f.name: f for f in dataclasses.fields(obj)}
     if key not in names:
         raise ConfigError(f"{source}: unknown key {dotted!r}; {section} fields: {', '.join(names)}")
-    current = getattr(obj, key)
-    if isinstance(current, bool) and not isinstance(value, bool):
-        raise ConfigError(f"{source}: {dotted} must be true or false, got {value!r}")
-    if isinstance(current, (int, float)) and not isinstance(current, bool):
+    if value is None and "None" in str(names[key].type):  # optional keys (eval.max_samples: null = all)
+        setattr(obj, key, None)
+        return
+    setattr(obj, key, _coerce(dotted, getattr(obj, key), value, source))
+
+
+def _coerce(dotted: str, current, value, source: str):
+    """`value` in the type of the key's default (`current`), or ConfigError naming the key."""
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {dotted} must be true or false, got {value!r}")
+        return value
+    if isinstance(current, (int, float)):
         if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
             try:
                 value = float(value)
@@ -203,15 +213,19 @@ def _set(cfg: Config, dotted: str, value, source: str) -> None:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConfigError(f"{source}: {dotted} must be a number, got {value!r}")
         if isinstance(current, int) and not isinstance(value, int):
-            if float(value).is_integer():
-                value = int(value)
-            else:
+            if not float(value).is_integer():
                 raise ConfigError(f"{source}: {dotted} must be an integer, got {value!r}")
-    if isinstance(current, list) and not isinstance(value, list):
-        value = [value]
-    if isinstance(current, str) and not isinstance(value, str):
-        value = str(value)
-    setattr(obj, key, value)
+            value = int(value)
+        return value
+    if isinstance(current, (list, tuple)):
+        if isinstance(value, dict) or value is None:
+            raise ConfigError(f"{source}: {dotted} must be a list, got {value!r}")
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+    if isinstance(current, str):
+        if isinstance(value, (list, dict)) or value is None:
+            raise ConfigError(f"{source}: {dotted} must be a string, got {value!r}")
+        return str(value)
+    return value
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -232,37 +246,108 @@ def _parse_value(text: str):
         return text
 
 
+def _read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file; give a YAML run config") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: not valid YAML ({what}); fix that line") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, ...), got {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults <- YAML run file <- `key=value` overrides, then `validate()`."""
+    """Defaults <- YAML run file <- `key=value` overrides; types and ranges are checked (`check_values`)."""
     cfg = Config()
     if path:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"run config {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-        for key, value in _flatten(raw).items():
+        for key, value in _flatten(_read_yaml(path)).items():
             _set(cfg, key, value, str(path))
     for item in overrides:
         key, eq, text = item.partition("=")
         if not eq:
             raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=3e-4)")
         _set(cfg, key.strip(), _parse_value(text), "override")
+    check_values(cfg)
     return cfg
+
+
+# Allowed values of each numeric key (every number must also be finite). Checked before any cross-field
+# rule, so those never divide by zero or compare with NaN.
+_POSITIVE, _NON_NEGATIVE, _AT_LEAST_1 = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0"), (lambda v: v >= 1, ">= 1")
+_FRACTION, _OPEN_FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)"), (lambda v: 0 < v < 1, "in (0, 1)")
+RANGES = {
+    "data.seq_len": (lambda v: v >= 16, ">= 16"), "data.max_samples_per_row": _AT_LEAST_1, "data.seed": _NON_NEGATIVE,
+    "data.num_workers": _NON_NEGATIVE, "data.pad_vocab_to": _AT_LEAST_1, "data.weights": _POSITIVE,
+    "optim.lr": _POSITIVE, "optim.min_lr": _NON_NEGATIVE, "optim.betas": _FRACTION, "optim.eps": _POSITIVE,
+    "optim.weight_decay": _NON_NEGATIVE, "optim.warmup_ratio": _FRACTION, "optim.grad_clip": _NON_NEGATIVE,
+    "parallel.tp": _AT_LEAST_1, "parallel.pp": _AT_LEAST_1, "parallel.zero_stage": (lambda v: v in (0, 1, 2, 3), "0, 1, 2 or 3"),
+    "train.total_samples": _POSITIVE, "train.global_batch_rows": _AT_LEAST_1, "train.micro_batch_rows": _AT_LEAST_1,
+    "train.seed": _NON_NEGATIVE, "train.log_interval": _AT_LEAST_1, "train.eval_interval": _NON_NEGATIVE,
+    "train.eval_rows": _NON_NEGATIVE, "train.save_interval": _NON_NEGATIVE, "train.keep_last": _AT_LEAST_1,
+    "train.time_limit_minutes": _NON_NEGATIVE, "train.max_bad_steps": _AT_LEAST_1, "train.max_steps": _NON_NEGATIVE,
+    "train.debug_nan_steps": _AT_LEAST_1, "train.debug_save_fail_steps": _AT_LEAST_1,
+    "eval.interval": _NON_NEGATIVE, "eval.probe_test_fraction": _OPEN_FRACTION, "eval.image_size": _AT_LEAST_1,
+    "eval.max_samples": _AT_LEAST_1, "eval.max_new_tokens": _AT_LEAST_1, "eval.probe_epochs": _AT_LEAST_1,
+    "eval.seed": _NON_NEGATIVE,
+}
+CHOICES = {"data.check": ("auto", "full", "quick", "none"), "train.dtype": ("bf16", "fp32"),
+           "train.save_failure": ("stop", "warn"), "parallel.pipe_partition": ("uniform", "parameters")}
+INT_LISTS = {"train.debug_nan_steps", "train.debug_save_fail_steps"}
+STR_LISTS = {"data.datasets", "data.val_datasets", "eval.probes", "eval.loss_data", "eval.caption_data",
+             "eval.zeroshot_data", "eval.probe_train", "eval.probe_test"}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_values(cfg: Config) -> None:
+    """Types, finiteness, ranges and choices of every key (ConfigError naming the first bad one)."""
+    for section in SECTIONS:
+        if section == "model":
+            continue
+        for name, value in dataclasses.asdict(getattr(cfg, section)).items():
+            key = f"{section}.{name}"
+            items = value if isinstance(value, list) else [value]
+            if key in STR_LISTS and not all(isinstance(v, str) and v for v in items):
+                raise ConfigError(f"{key} must be a list of non-empty strings (paths or names), got {value!r}")
+            if key in INT_LISTS and not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+                raise ConfigError(f"{key} must be a list of integers, got {value!r}")
+            if key in ("optim.betas", "data.weights") and not all(_is_number(v) for v in items):
+                raise ConfigError(f"{key} must be a list of numbers, got {value!r}")
+            if key == "optim.betas" and len(items) != 2:
+                raise ConfigError(f"optim.betas must be two numbers [beta1, beta2], got {value!r}")
+            numbers = [v for v in items if _is_number(v)]
+            if any(not math.isfinite(v) for v in numbers):
+                raise ConfigError(f"{key}={value!r} must be a finite number")
+            if key in RANGES:
+                ok, need = RANGES[key]
+                if not all(ok(v) for v in numbers):
+                    raise ConfigError(f"{key}={value!r} must be {need}")
+            if key in CHOICES and value not in CHOICES[key]:
+                raise ConfigError(f"{key}={value!r}: choose one of {', '.join(CHOICES[key])}")
+    if cfg.optim.min_lr > cfg.optim.lr:
+        raise ConfigError(f"optim.min_lr={cfg.optim.min_lr} is above optim.lr={cfg.optim.lr}")
 
 
 def validate(cfg: Config, *, world_size: int, vocab_size: int | None = None) -> ModelConfig:
     """Check everything that can be checked before any process group exists; return the model config."""
+    check_values(cfg)
     p, t, d = cfg.parallel, cfg.train, cfg.data
     if cfg.model.preset not in PRESETS:
         raise ConfigError(f"model.preset={cfg.model.preset!r}: choose one of {', '.join(PRESETS)}")
     try:
         m = cfg.model.build(vocab_size)
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, TypeError) as e:
         raise ConfigError(str(e).strip("'\"")) from None
-    if p.tp < 1 or p.pp < 1:
-        raise ConfigError(f"parallel.tp={p.tp} and parallel.pp={p.pp} must be >= 1")
     if world_size % (p.tp * p.pp):
         raise ConfigError(f"world size {world_size} is not divisible by parallel.tp x parallel.pp = {p.tp} x {p.pp}; "
                           f"launch a multiple of {p.tp * p.pp} processes")
@@ -277,33 +362,17 @@ def validate(cfg: Config, *, world_size: int, vocab_size: int | None = None) -> 
                           "model.vocab_size unset to pad the tokenizer's vocabulary automatically")
     if p.pp > m.num_layers:
         raise ConfigError(f"parallel.pp={p.pp} is more than the model's {m.num_layers} layers")
-    if p.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"parallel.zero_stage={p.zero_stage} must be 0, 1, 2 or 3")
     if p.pp > 1 and p.zero_stage > 1:
         raise ConfigError(f"parallel.zero_stage={p.zero_stage} does not work with pipeline parallelism "
                           f"(parallel.pp={p.pp}); use zero_stage 0 or 1")
-    if p.pipe_partition not in ("uniform", "parameters"):
-        raise ConfigError(f"parallel.pipe_partition={p.pipe_partition!r}: choose uniform or parameters")
     if t.global_batch_rows % (dp * t.micro_batch_rows):
         raise ConfigError(f"train.global_batch_rows={t.global_batch_rows} must be a multiple of dp x "
                           f"train.micro_batch_rows = {dp} x {t.micro_batch_rows} = {dp * t.micro_batch_rows}")
-    if t.save_failure not in ("stop", "warn"):
-        raise ConfigError(f"train.save_failure={t.save_failure!r}: choose stop or warn")
-    if t.dtype not in ("bf16", "fp32"):
-        raise ConfigError(f"train.dtype={t.dtype!r}: choose bf16 or fp32")
-    if t.total_samples <= 0 or not math.isfinite(t.total_samples):
-        raise ConfigError(f"train.total_samples={t.total_samples} must be a positive number")
-    if d.seq_len < 16 or d.max_samples_per_row < 1:
-        raise ConfigError(f"data.seq_len={d.seq_len} and data.max_samples_per_row={d.max_samples_per_row} are too small")
-    if not 0 <= cfg.optim.warmup_ratio < 1:
-        raise ConfigError(f"optim.warmup_ratio={cfg.optim.warmup_ratio} must be in [0, 1)")
     if cfg.eval.probes:
         try:
             cfg.eval.validate()
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    if cfg.eval.interval < 0:
-        raise ConfigError(f"eval.interval={cfg.eval.interval} must be >= 0")
     if d.weights and len(d.weights) != len(d.datasets):
         raise ConfigError(f"data.weights has {len(d.weights)} entries for {len(d.datasets)} datasets")
     return m

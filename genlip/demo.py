@@ -24,20 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from genlip.atomic import atomic_write_json
-from genlip.data.images import ImageMode
-from genlip.data.synthetic import class_templates, score_captions, write_imagefolder, write_webdataset_shards
-from genlip.data.tokenizer import Tokenizer
-from genlip.eval.caption import run_caption
-from genlip.eval.dist import EvalGroup
-from genlip.eval.features import extract_features
-from genlip.eval.inputs import EvalData, InputOptions
-from genlip.eval.loss import run_loss
-from genlip.eval.loss_curve import plot_loss_curve
-from genlip.eval.probe import ProbeOptions, run_probes, split_by_fraction, subset
-from genlip.eval.zeroshot import ClassSpec, run_zeroshot
-from genlip.model import build_model
-from genlip.weights import load_model
+from genlip.errors import UserError, cli_main
+
+# torch and the evaluation code load after the arguments are checked (`--help` answers at once).
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "run_scripts" / "configs" / "demo.yaml"
@@ -75,12 +64,32 @@ def _free_port() -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.image_size % 16:
-        print("genlip-demo: --image-size must be a multiple of 16", file=sys.stderr)
-        return 2
+    return cli_main("genlip-demo", lambda: _demo(args))
+
+
+def _check(args) -> None:
+    if args.image_size % 16 or args.image_size < 32:
+        raise UserError(f"--image-size {args.image_size} must be a multiple of 16, at least 32")
+    for name in ("train_images", "held_out", "samples", "nproc", "tp"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
+    if args.nproc % args.tp:
+        raise UserError(f"--nproc {args.nproc} is not a multiple of --tp {args.tp}")
     if not DEMO_CONFIG.is_file():
-        print(f"genlip-demo: {DEMO_CONFIG} is missing (install the repository with run_scripts/install.sh)", file=sys.stderr)
-        return 2
+        raise UserError(f"{DEMO_CONFIG} is missing (install the repository with run_scripts/install.sh)")
+
+
+def _demo(args) -> int:
+    _check(args)
+    from genlip.data.synthetic import score_captions, write_webdataset_shards
+    from genlip.data.tokenizer import Tokenizer
+    from genlip.eval.caption import run_caption
+    from genlip.eval.dist import EvalGroup
+    from genlip.eval.inputs import EvalData
+    from genlip.eval.loss import run_loss
+    from genlip.eval.loss_curve import plot_loss_curve
+    from genlip.weights import load_model
+
     out = args.out.resolve()
     if args.fresh and out.exists():
         shutil.rmtree(out)
@@ -107,14 +116,17 @@ def main(argv=None) -> int:
                      f"train.total_samples={args.samples}", f"parallel.tp={args.tp}"], "training", env=env)
 
     t_eval = time.perf_counter()
+    print("\n=== evaluation (genlip.eval) ===", flush=True)
     loaded = load_model(run_dir)
     model, group = loaded.model, EvalGroup()
     tokenizer = Tokenizer(tok)
-    loss = run_loss(model, EvalData([out / "val"], tokenizer=tokenizer), group, progress=False)
+    print(f"held-out loss and greedy captions of {args.held_out} images", flush=True)
+    loss = run_loss(model, EvalData([out / "val"], tokenizer=tokenizer), group, progress=True)
     captions = run_caption(model, EvalData([out / "val"], tokenizer=tokenizer), group, max_new_tokens=48,
-                           progress=False)["predictions"]
+                           progress=True)["predictions"]
     predicted, truth = [c["prediction"] for c in captions], [c["references"][0] for c in captions]
     zeroshot, probes = _zeroshot_and_probes(model, loaded.config, out, tokenizer, args.image_size)
+    seen = _captions_of(raw)
     png = plot_loss_curve(run_dir, out / "loss_curve.png")
 
     print("\n=== held-out images (never seen in training): greedy captions ===")
@@ -125,8 +137,12 @@ def main(argv=None) -> int:
           f"a trigram of the other captions {100 * loss['ngram_accuracy']:.1f}%, always the most frequent token "
           f"{100 * loss['most_frequent_token_accuracy']:.1f}%)")
     print(f"held-out caption loss: {loss['loss']:.3f} nats/token (trigram baseline: {loss['ngram_loss']:.3f})")
-    exact = sum(p.strip() == t.strip() for p, t in zip(predicted, truth)) / len(truth)
-    print(f"exactly right captions: {100 * exact:.1f}% of {len(truth)}")
+    right = [t for p, t in zip(predicted, truth) if p.strip() == t.strip()]
+    novel = [t for t in truth if t.strip() not in seen]
+    novel_right = sum(t.strip() not in seen for t in right)
+    print(f"exactly right captions: {100 * len(right) / len(truth):.1f}% of {len(truth)} ({len(right) - novel_right} "
+          f"of these {len(right)} are captions that also occur in training; on the {len(novel)} held-out captions "
+          f"never seen in training: {novel_right} right)")
     scores = score_captions(predicted, truth)
     print("attributes right in greedy captions (chance in brackets): " + ", ".join(
         f"{k} {100 * a:.0f}% ({100 * c:.0f}%)" for k, (a, c) in scores.items()))
@@ -145,8 +161,26 @@ def main(argv=None) -> int:
     return 0
 
 
-def _zeroshot_and_probes(model, cfg, out: Path, tokenizer: Tokenizer, size: int) -> tuple[dict, dict]:
+def _captions_of(raw: Path) -> set[str]:
+    """Every caption of the rendered training shards (to tell recalled captions from new ones)."""
+    from genlip.data.sources import SourceOptions, expand_inputs, iter_source
+
+    return {s.caption.strip() for p in expand_inputs([str(raw)])
+            for s in iter_source(p, SourceOptions(), captions_only=True) if getattr(s, "caption", None)}
+
+
+def _zeroshot_and_probes(model, cfg, out: Path, tokenizer, size: int) -> tuple[dict, dict]:
     """Zero-shot colour classification, and colour probes for the trained and a random-init model."""
+    from genlip.atomic import atomic_write_json
+    from genlip.data.images import ImageMode
+    from genlip.data.synthetic import class_templates, write_imagefolder
+    from genlip.eval.dist import EvalGroup
+    from genlip.eval.features import extract_features
+    from genlip.eval.inputs import EvalData, InputOptions
+    from genlip.eval.probe import ProbeOptions, run_probes, split_by_fraction, subset
+    from genlip.eval.zeroshot import ClassSpec, run_zeroshot
+    from genlip.model import build_model
+
     group, opts = EvalGroup(), InputOptions(image_mode=ImageMode(size=size))
     # Large objects at the center, any shape: 5 templates ("a large {} <shape> at the center.") instead of 90.
     fixed = {"position": "center", "size": "large"}
@@ -155,12 +189,14 @@ def _zeroshot_and_probes(model, cfg, out: Path, tokenizer: Tokenizer, size: int)
         write_imagefolder(zs_dir, attribute="colour", per_class=6, seed=2, size=size, fixed=fixed)
     spec = ClassSpec(sorted(p.name for p in zs_dir.iterdir()), class_templates("colour", fixed))
     atomic_write_json(out / "colour_classes.json", {"classes": spec.classes, "templates": spec.templates})
-    zeroshot = run_zeroshot(model, EvalData([zs_dir], tokenizer=tokenizer, options=opts), spec, group, progress=False)
+    print(f"zero-shot colour classification of {sum(1 for _ in zs_dir.rglob('*.*'))} images", flush=True)
+    zeroshot = run_zeroshot(model, EvalData([zs_dir], tokenizer=tokenizer, options=opts), spec, group, progress=True)
     probe_dir = out / "probe_colour"
     if not probe_dir.exists():
         write_imagefolder(probe_dir, attribute="colour", per_class=30, seed=3, size=size)
     probes = {}
     for name, m in (("trained", model), ("random init", build_model(cfg, seed=0).eval())):
+        print(f"attentive and linear colour probes on the {name} model's features", flush=True)
         fs = extract_features(m, EvalData([probe_dir], tokenizer=None, options=opts), group, progress=False)
         train, test = split_by_fraction(fs.keys, fs.labels, 0.25, seed=0)
         probes[name] = run_probes(subset(fs, train), subset(fs, test), ProbeOptions())

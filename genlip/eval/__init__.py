@@ -7,6 +7,14 @@ features (features.py, probe.py). Inputs (inputs.py): shard directories, raw tar
 files and ImageFolder trees; data parallel over a torch.distributed group (dist.py).
 """
 
-from genlip.eval.periodic import EvalSpec, run_evals
+from genlip.eval.spec import EvalSpec
 
 __all__ = ["EvalSpec", "run_evals"]
+
+
+def __getattr__(name):  # run_evals needs torch: imported on first use, so the config stays light
+    if name == "run_evals":
+        from genlip.eval.periodic import run_evals
+
+        return run_evals
+    raise AttributeError(name)

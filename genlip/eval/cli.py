@@ -19,16 +19,9 @@ import os
 import sys
 from pathlib import Path
 
-import torch
+from genlip.errors import UserError, cli_main
 
-from genlip.data.images import ImageMode
-from genlip.data.shards import DatasetError
-from genlip.data.sources import InputError, SourceOptions
-from genlip.data.tokenizer import Tokenizer
-from genlip.eval.dist import EvalGroup, init_from_env
-from genlip.eval.inputs import EvalData, EvalInputError, InputOptions, dataset_tokenizer, need_labels
-from genlip.eval.probe import ProbeOptions
-from genlip.weights.load import ModelPathError
+# torch and the evaluation code load after the arguments are parsed: --help and usage errors answer at once.
 
 def _common(ap: argparse.ArgumentParser, *, data_required: bool = True) -> None:
     ap.add_argument("model", type=Path, help="model file or directory (export, run, checkpoint, authors' layout)")
@@ -103,14 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.25, help="held-out share when --test is not given")
     p.add_argument("--cache", type=Path, default=None, help="feature cache directory (keyed by weights + data)")
     p.add_argument("--seed", type=int, default=0, help="probe initialisation, shuffling and split")
-    p.add_argument("--epochs", type=int, default=ProbeOptions.epochs, help="attentive probe epochs")
-    p.add_argument("--lr", type=float, default=ProbeOptions.lr, help="attentive probe learning rate")
+    p.add_argument("--epochs", type=int, default=None, help="attentive probe epochs (default: 50)")
+    p.add_argument("--lr", type=float, default=None, help="attentive probe learning rate (default: 3e-3)")
     p.add_argument("--no-attentive", action="store_true", help="skip the attentive probe")
     p.add_argument("--no-linear", action="store_true", help="skip the linear probe")
     return ap
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str):
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -118,31 +113,41 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _input_options(args) -> InputOptions:
+def _input_options(args):
+    from genlip.data.images import ImageMode
+    from genlip.data.sources import SourceOptions
+    from genlip.eval.inputs import InputOptions
+
     kind = "native" if args.native else "fixed"
     mode = ImageMode(kind=kind, size=args.image_size, min_patches=args.min_patches, max_patches=args.max_patches)
     try:
         mode.validate()
     except ValueError as e:
-        raise EvalInputError(f"--image-size / --native: {e}") from None
+        raise UserError(f"--image-size / --native: {e}") from None
     return InputOptions(image_mode=mode, source=SourceOptions(caption_field=args.caption_field,
                                                               image_column=args.image_column),
                         label_field=args.label_field, prompt=args.prompt, limit=args.limit)
 
 
-def _tokenizer(args, loaded, paths: list[Path]) -> Tokenizer | None:
+def _tokenizer(args, loaded, paths: list[Path]):
+    from genlip.data.tokenizer import Tokenizer
+    from genlip.eval.inputs import dataset_tokenizer
+
     path = args.tokenizer or loaded.tokenizer or dataset_tokenizer(paths)
     if path is None:
         return None
     if not Path(path).is_file():
-        raise EvalInputError(f"tokenizer {path} does not exist")
+        raise UserError(f"tokenizer {path} does not exist")
     try:
         return Tokenizer(path)
     except (ValueError, RuntimeError, OSError) as e:
-        raise EvalInputError(f"tokenizer {path} cannot be used: {e}") from None
+        raise UserError(f"tokenizer {path} cannot be used: {e}") from None
 
 
-def run(args, group: EvalGroup) -> dict:
+def run(args, group) -> dict:
+    import torch
+
+    from genlip.eval.inputs import EvalData
     from genlip.weights import load_model
 
     progress = not args.quiet
@@ -152,10 +157,10 @@ def run(args, group: EvalGroup) -> dict:
     model = loaded.model
     tok = _tokenizer(args, loaded, paths + list(getattr(args, "test", [])))
     if tok is None and args.task != "probe":
-        raise EvalInputError(f"{args.task} needs a tokenizer: pass --tokenizer (the model at {args.model} names none "
+        raise UserError(f"{args.task} needs a tokenizer: pass --tokenizer (the model at {args.model} names none "
                              "and no shard directory was given)")
     if tok is not None and tok.vocab_size > loaded.config.vocab_size:
-        raise EvalInputError(f"tokenizer {tok.path} has {tok.vocab_size} tokens, more than the model's vocabulary "
+        raise UserError(f"tokenizer {tok.path} has {tok.vocab_size} tokens, more than the model's vocabulary "
                              f"({loaded.config.vocab_size}); it is not the tokenizer this model was trained with")
     opts = _input_options(args)
     patch = loaded.config.patch_size
@@ -185,12 +190,13 @@ def run(args, group: EvalGroup) -> dict:
     return header | _probe(args, model, data, paths, group, progress)
 
 
-def _probe(args, model, data, paths: list[Path], group: EvalGroup, progress: bool) -> dict:
+def _probe(args, model, data, paths: list[Path], group, progress: bool) -> dict:
     from genlip.eval.features import cached_features, weights_digest
-    from genlip.eval.probe import run_probes, split_by_fraction, subset
+    from genlip.eval.inputs import need_labels
+    from genlip.eval.probe import ProbeOptions, run_probes, split_by_fraction, subset
 
     if not paths:
-        raise EvalInputError("probe needs training data: give it positionally or with --train")
+        raise UserError("probe needs training data: give it positionally or with --train")
     digest = weights_digest(model) if args.cache else None
     labelled = need_labels("probe")
     cache = {}
@@ -204,7 +210,8 @@ def _probe(args, model, data, paths: list[Path], group: EvalGroup, progress: boo
         tr, te = split_by_fraction(train.keys, train.labels, args.test_fraction, args.seed)
         train, test = subset(train, tr), subset(train, te)
         split = f"{args.test_fraction:g} of each class held out (seed {args.seed})"
-    popts = ProbeOptions(seed=args.seed, epochs=args.epochs, lr=args.lr)
+    given = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
+    popts = ProbeOptions(seed=args.seed, **given)
     result = run_probes(train, test, popts, attentive=not args.no_attentive, linear=not args.no_linear,
                         progress=progress and group.is_main)
     return {"data": list(map(str, paths)), "test_data": list(map(str, args.test)), "split": split,
@@ -266,13 +273,16 @@ def _write_outputs(args, result: dict) -> None:
         atomic_write_json(args.out, result)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def _main(args) -> int:
+    import torch
+
+    from genlip.eval.dist import init_from_env
+
     group, created = init_from_env()
     prefix = f"genlip-eval {args.task}" + (f" [rank {group.rank}]" if group.world > 1 else "")
     try:
         result = run(args, group)
-    except (EvalInputError, InputError, DatasetError, ModelPathError, FileNotFoundError) as e:
+    except UserError as e:
         print(f"{prefix}: error: {e}", file=sys.stderr)
         return 2
     if group.is_main:
@@ -284,6 +294,11 @@ def main(argv=None) -> int:
     if created:
         torch.distributed.destroy_process_group()
     return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return cli_main(f"genlip-eval {args.task}", lambda: _main(args))
 
 
 if __name__ == "__main__":

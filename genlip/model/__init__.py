@@ -1,10 +1,19 @@
-"""GenLIP model: plain single-device PyTorch; parallel layers come in through the layer kit."""
+"""GenLIP model: plain single-device PyTorch; parallel layers come in through the layer kit.
 
-from genlip.model.batch import Layout, PackedBatch, make_layout
-from genlip.model.config import PRESETS, ModelConfig, get_preset
-from genlip.model.genlip import GenLIP, LossOutput, build_model
-from genlip.model.generate import greedy_caption
-from genlip.model.kit import PlainKit
+Names are imported on first use, so `genlip.model.config` (sizes, presets) loads without torch.
+"""
 
-__all__ = ["GenLIP", "Layout", "LossOutput", "ModelConfig", "PRESETS", "PackedBatch", "PlainKit",
-           "build_model", "get_preset", "greedy_caption", "make_layout"]
+import importlib
+
+_HOME = {"Layout": "batch", "PackedBatch": "batch", "make_layout": "batch",
+         "PRESETS": "config", "ModelConfig": "config", "get_preset": "config",
+         "GenLIP": "genlip", "LossOutput": "genlip", "build_model": "genlip",
+         "greedy_caption": "generate", "PlainKit": "kit"}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name):
+    if name in _HOME:
+        return getattr(importlib.import_module(f"genlip.model.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'genlip.model' has no attribute {name!r}")

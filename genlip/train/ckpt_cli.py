@@ -15,9 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from genlip.train.checkpoint import file_digest, hash_problems, read_state, size_problems, step_dirs
-from genlip.weights.deepspeed_files import STATE_FILE, CheckpointError, find_checkpoint
-from genlip.weights.universal import UNIVERSAL_DIR, save_universal
+from genlip.errors import UserError, cli_main
+
+# The checkpoint code (torch) loads after the arguments are parsed: --help and usage errors answer at once.
 
 
 def _ckpt_dir(path: Path) -> Path:
@@ -32,6 +32,9 @@ def _layout(state: dict) -> str:
 
 
 def _check(step_dir: Path, hashes: bool) -> list[str]:
+    from genlip.train.checkpoint import file_digest, hash_problems, read_state, size_problems
+    from genlip.weights.deepspeed_files import STATE_FILE
+
     if not (step_dir / STATE_FILE).is_file():
         return ["incomplete (no genlip_state.json: the save was interrupted)"]
     state = read_state(step_dir)
@@ -45,11 +48,16 @@ def _check(step_dir: Path, hashes: bool) -> list[str]:
 
 
 def cmd_inspect(args, hashes: bool = False) -> int:
+    from genlip.train.checkpoint import read_state, step_dirs
+    from genlip.weights.deepspeed_files import STATE_FILE
+    from genlip.weights.universal import UNIVERSAL_DIR
+
     ckpt_dir = _ckpt_dir(args.path)
+    if not ckpt_dir.is_dir():
+        raise UserError(f"{args.path} is not a directory; give a run directory or its checkpoints/ directory")
     dirs = step_dirs(ckpt_dir)
     if not dirs:
-        print(f"genlip-ckpt: no checkpoints in {ckpt_dir}", file=sys.stderr)
-        return 2
+        raise UserError(f"no checkpoints in {ckpt_dir}")
     latest = (ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").is_file() else None
     bad = 0
     for d in dirs:
@@ -72,15 +80,14 @@ def cmd_inspect(args, hashes: bool = False) -> int:
 
 
 def cmd_convert(args) -> int:
-    try:
-        path = args.path
-        if args.step is not None:
-            path = _ckpt_dir(path) / f"step{args.step:09d}"
-        info = find_checkpoint(path)
-        out = save_universal(info, args.out)
-    except CheckpointError as e:
-        print(f"genlip-ckpt: {e}", file=sys.stderr)
-        return 2
+    from genlip.weights.deepspeed_files import find_checkpoint
+    from genlip.weights.universal import save_universal
+
+    path = args.path
+    if args.step is not None:
+        path = _ckpt_dir(path) / f"step{args.step:09d}"
+    info = find_checkpoint(path)
+    out = save_universal(info, args.out)
     print(f"universal state of {info.path} ({_layout(info.state)}) in {out}")
     return 0
 
@@ -103,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "convert":
-        return cmd_convert(args)
-    return cmd_inspect(args, hashes=args.cmd == "verify")
+        return cli_main("genlip-ckpt convert", lambda: cmd_convert(args))
+    return cli_main(f"genlip-ckpt {args.cmd}", lambda: cmd_inspect(args, hashes=args.cmd == "verify"))
 
 
 if __name__ == "__main__":

@@ -22,14 +22,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
+from genlip.errors import UserError, cli_main
 
-from genlip.weights.deepspeed_files import CheckpointError, find_checkpoint
-from genlip.weights.load import ModelPathError, load_state
-from genlip.weights.model_file import save_model
-from genlip.weights.official import TRUNK_PREFIXES, OfficialFormatError, save_official
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = ("bf16", "fp32")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--step", type=int, help="with a run or checkpoints dir: the checkpoint of this step")
     ap.add_argument("--format", choices=["genlip", "official"], default="genlip",
                     help="genlip: model.safetensors + model.json; official: the authors' Hugging Face layout")
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+    ap.add_argument("--dtype", choices=DTYPES, default=None,
                     help="tensor dtype (default: fp32 for genlip, bf16 for official, as the released weights)")
     ap.add_argument("--trunk-only", action="store_true", help="keep only the vision encoder (patch embedding, "
                     "blocks, final LayerNorm)")
@@ -49,28 +44,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resolve(source: Path, step: int | None) -> Path:
+    from genlip.weights.deepspeed_files import find_checkpoint
+
     if step is None:
         return source
     ckpt_dir = source / "checkpoints" if (source / "checkpoints").is_dir() else source
     path = ckpt_dir / f"step{step:09d}"
     if not path.is_dir():
         have = sorted(p.name for p in ckpt_dir.glob("step*")) if ckpt_dir.is_dir() else []
-        raise ModelPathError(f"no checkpoint for step {step} in {ckpt_dir} (there: {', '.join(have) or 'none'})")
+        raise UserError(f"no checkpoint for step {step} in {ckpt_dir} (there: {', '.join(have) or 'none'})")
     return find_checkpoint(path).path
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    dtype = DTYPES[args.dtype or ("bf16" if args.format == "official" else "fp32")]
+def _export(args) -> int:
+    import torch
+
+    from genlip.weights.load import load_state
+    from genlip.weights.model_file import save_model
+    from genlip.weights.official import TRUNK_PREFIXES, save_official
+
+    dtype = torch.bfloat16 if (args.dtype or ("bf16" if args.format == "official" else "fp32")) == "bf16" else torch.float32
     out = args.out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory")
     if out.exists() and any(out.iterdir()) and not args.overwrite:
-        print(f"genlip-export: {out} exists and is not empty; pass --overwrite or choose another --out", file=sys.stderr)
-        return 2
-    try:
-        state, cfg, tokenizer, source = load_state(_resolve(args.source, args.step))
-    except (ModelPathError, CheckpointError, OfficialFormatError) as e:
-        print(f"genlip-export: {e}", file=sys.stderr)
-        return 2
+        raise UserError(f"{out} exists and is not empty; pass --overwrite or choose another --out")
+    state, cfg, tokenizer, source = load_state(_resolve(args.source, args.step))
     print(f"read {source}: {sum(v.numel() for v in state.values()):,} parameters")
     if args.trunk_only:
         state = {k: v for k, v in state.items() if k.startswith(TRUNK_PREFIXES)}
@@ -85,6 +84,11 @@ def main(argv=None) -> int:
     print(f"wrote {path} ({args.format} layout, {str(dtype).removeprefix('torch.')}"
           f"{', vision encoder only' if args.trunk_only else ''}; {sum(v.numel() for v in state.values()):,} parameters)")
     return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return cli_main("genlip-export", lambda: _export(args))
 
 
 if __name__ == "__main__":
