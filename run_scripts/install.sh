@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install GenLIP-Train (editable) and everything it needs into the current Python.
 # Usage: bash run_scripts/install.sh [EXTRAS]      e.g. EXTRAS=dev (default) or dev,gpu
-# Without CUDA, torch is pinned to the CPU build 2.13.0 (never a multi-GB CUDA download); set
-# TORCH_INDEX_URL to a CPU wheel index where plain `pip install torch` would fetch the CUDA build.
+# Without CUDA (no nvidia-smi), torch 2.13.0 comes from PyTorch's CPU wheel index: PyPI's default
+# build is the multi-GB CUDA one. TORCH_INDEX_URL replaces that index (a mirror, or a CUDA index).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,12 +10,12 @@ EXTRAS=${1:-dev}
 pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-  if command -v nvidia-smi >/dev/null 2>&1; then
-    pip_install "torch==2.13.0"
-  elif [ -n "${TORCH_INDEX_URL:-}" ]; then
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then
     pip_install "torch==2.13.0" --index-url "$TORCH_INDEX_URL"
-  else
+  elif command -v nvidia-smi >/dev/null 2>&1; then
     pip_install "torch==2.13.0"
+  else
+    pip_install "torch==2.13.0" --index-url "https://download.pytorch.org/whl/cpu"
   fi
 fi
 pip_install -e ".[${EXTRAS}]"

@@ -1,7 +1,17 @@
 """Model weights outside the training processes: the project's model file, the authors' Hugging Face
-layout, offline reading of DeepSpeed checkpoints, and `load_model` (any of those -> a plain GenLIP)."""
+layout, offline reading of DeepSpeed checkpoints, and `load_model` (any of those -> a plain GenLIP).
 
-from genlip.weights.load import LoadedModel, load_model
-from genlip.weights.model_file import load_model_file, save_model
+Names load on first use (they need torch), so the `genlip-export` command parses its arguments first.
+"""
 
-__all__ = ["LoadedModel", "load_model", "load_model_file", "save_model"]
+import importlib
+
+_HOME = {"LoadedModel": "load", "load_model": "load", "load_model_file": "model_file", "save_model": "model_file"}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name):
+    if name in _HOME:
+        return getattr(importlib.import_module(f"genlip.weights.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'genlip.weights' has no attribute {name!r}")

@@ -42,3 +42,18 @@ def test_library_never_imports_applications():
         if path.parts[-2] != "data_tools":
             bad |= {m for m in imports_of(path) if m.split(".")[0] == "data_tools"}
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_commands_answer_before_torch_loads():
+    """Every console script's module imports neither torch nor DeepSpeed: --help and argument or config mistakes
+    are answered in well under a second (the heavy stack loads once the arguments are checked)."""
+    import re
+    import subprocess
+    import sys
+
+    modules = sorted({m for m in re.findall(r'"genlip-[a-z]+=([\w.]+):main"', (ROOT / "setup.py").read_text())})
+    assert len(modules) >= 9, modules
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in modules) +
+            "print(sorted(m for m in ('torch', 'deepspeed', 'megatron', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]", f"importing {modules} loads {out.stdout.strip()}"
