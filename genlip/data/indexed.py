@@ -100,6 +100,10 @@ class IndexedReader:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def flat(self) -> np.ndarray:
+        """Every sequence back to back (a memory-mapped view of the whole .bin)."""
+        return np.frombuffer(self._bin, dtype=self.dtype)
+
     def __getitem__(self, i: int) -> np.ndarray:
         ptr, n = int(self.pointers[i]), int(self.lengths[i])
         return np.frombuffer(self._bin, dtype=self.dtype, count=n, offset=ptr)

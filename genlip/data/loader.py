@@ -20,7 +20,7 @@ import torch
 
 from genlip.data.images import decode_stored, patchify_uint8
 from genlip.data.packing import PackingPlan, PackingSpec
-from genlip.data.shards import ShardDataset, manifest_hash, open_dataset, read_sample
+from genlip.data.shards import DatasetError, ShardDataset, manifest_hash, open_dataset, read_sample
 from genlip.model.batch import PackedBatch
 
 BLEND_BLOCK = 1000  # the blend schedule repeats every BLEND_BLOCK rows
@@ -83,7 +83,11 @@ class RowSource:
         """(epoch, row in epoch) of dataset row j."""
         while self._epoch_starts[-1] <= j:
             e = len(self._epoch_starts) - 1
-            self._epoch_starts.append(self._epoch_starts[-1] + self.plan.rows_in_epoch(e))
+            rows = self.plan.rows_in_epoch(e)
+            if rows == 0:  # an empty epoch would make this loop build epochs forever
+                raise DatasetError(f"{self.plan.dir}: epoch {e} of the stored packing plan has no rows (made by an "
+                                   f"older version for a dataset with no samples); delete {self.plan.dir}")
+            self._epoch_starts.append(self._epoch_starts[-1] + rows)
         e = int(np.searchsorted(self._epoch_starts, j, side="right")) - 1
         return e, j - self._epoch_starts[e]
 
@@ -109,6 +113,11 @@ class PackedRows:
     def __init__(self, spec: LoaderSpec):
         self.spec = spec
         self.datasets = [open_dataset(p, check=spec.check) for p in spec.datasets]
+        for d in self.datasets:
+            if d.num_samples == 0:
+                raise DatasetError(f"{d.root}: the dataset has no samples (its manifest.json lists "
+                                   f"{len(d.shards)} shard(s) holding none); rebuild it from inputs with valid samples "
+                                   "(its 'skipped' counts say why samples were dropped) or leave it out")
         modes = {(d.image_mode.patch_size,) for d in self.datasets}
         if len(modes) > 1:
             raise ValueError("blended datasets must share a patch size")
@@ -132,6 +141,7 @@ class PackedRows:
         """Row j of dataset i (across its epochs), as `row` returns it."""
         ds = self.datasets[i]
         default_prompt = np.asarray(ds.manifest["prompt"]["ids"], dtype=np.int64)
+        vocab = ds.manifest["tokenizer"]["vocab_size"]
         S, K = self.spec.packing.budget, self.spec.packing.max_samples_per_row
         idx = self.sources[i].samples(j)
         tokens = np.zeros(S, dtype=np.int64)
@@ -141,6 +151,11 @@ class PackedRows:
             image, text, prompt, meta = read_sample(ds, int(s))
             grid = (int(meta["grid_h"]), int(meta["grid_w"]))
             prompt = default_prompt if prompt is None else prompt
+            # NOTE: an id past the vocabulary fails the embedding on one process but is silently zeroed by
+            # the vocab-parallel embedding under TP; refuse it in either case.
+            if max(int(text.max(initial=0)), int(prompt.max(initial=0))) >= vocab:
+                raise DatasetError(f"{ds.root}: sample {int(s)} holds a token id not below the tokenizer's "
+                                   f"vocab_size {vocab}; run `genlip-data verify {ds.root}`")
             patches.append(patchify_uint8(decode_stored(image, grid, ds.image_mode), self.patch))
             pos += grid[0] * grid[1]
             tokens[pos:pos + len(prompt)] = prompt

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from genlip.atomic import atomic_save_npy, atomic_write_json
+from genlip.data.manifest import DatasetError
 
 PLAN_VERSION = 1
 
@@ -97,7 +98,7 @@ class PackingPlan:
                  lengths: np.ndarray | Callable[[], np.ndarray]):
         """`lengths` (tokens per sample) may be a function: only building an epoch needs them, so ranks that
         only read a stored plan never materialise one integer per sample of a billion-sample dataset."""
-        self.dir = Path(root) / "packing" / spec.name
+        self.root, self.dir = Path(root), Path(root) / "packing" / spec.name
         self.spec, self.num_samples, self.dataset_id = spec, num_samples, dataset_id
         self._lengths = lengths
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -124,16 +125,33 @@ class PackingPlan:
             atomic_write_json(path, header)
 
     def build(self, epoch: int) -> float:
-        """Compute and store one epoch (idempotent: concurrent builders write identical files)."""
-        self._check_header()
+        """Compute and store one epoch (idempotent: concurrent builders write identical files). A dataset
+        with no samples, or with samples longer than a row, is refused before any file is written."""
         rows_path, samples_path = self._paths(epoch)
         lengths = self.lengths
         if len(lengths) != self.num_samples:
             raise ValueError(f"{len(lengths)} sample lengths for a dataset of {self.num_samples} samples")
+        self._check_fits(lengths)
+        self._check_header()
         offsets, samples = pack_epoch(lengths, self.spec, epoch)
+        if len(offsets) < 2:  # cannot happen once _check_fits passed; an empty epoch would make readers spin
+            raise DatasetError(f"{self.root}: epoch {epoch} packs no rows; delete {self.dir} and report this")
         atomic_save_npy(samples_path, samples)
         atomic_save_npy(rows_path, offsets)  # written last: its presence marks a complete epoch
         return fill_rate(lengths, offsets, self.spec.budget)
+
+    def _check_fits(self, lengths: np.ndarray) -> None:
+        budget = self.spec.budget
+        if not len(lengths):
+            raise DatasetError(f"{self.root}: the dataset has no samples, so no row can be packed; rebuild it from "
+                               "inputs with valid samples (its manifest.json 'skipped' says why samples were "
+                               "dropped) or leave it out")
+        too_long = int((lengths > budget).sum())
+        if too_long:
+            raise DatasetError(f"{self.root}: {too_long} of {len(lengths)} samples need more slots than a row has "
+                               f"({budget}: data.seq_len, or --budget; the longest needs {int(lengths.max())}); "
+                               "raise it to at least that, or rebuild the dataset with smaller images or a lower "
+                               "--max-text-tokens")
 
     def has(self, epoch: int) -> bool:
         return self._paths(epoch)[0].exists()

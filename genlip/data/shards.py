@@ -14,19 +14,19 @@ a shard that looks finished. Per-sample CRC32s let the loader catch a corrupt by
 
 from __future__ import annotations
 
-from genlip.errors import UserError
-
 import json
 import os
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from genlip.atomic import atomic_save_npy, atomic_write_json
+from genlip.atomic import atomic_write_json
 from genlip.data.images import ImageMode
 from genlip.data.indexed import IndexedFormatError, IndexedReader, IndexedWriter
+from genlip.data.manifest import DatasetError, structure_problem, tokenizer_defects
 from genlip.data.tokenizer import file_sha256
 
 SCHEMA_VERSION = 1
@@ -34,10 +34,6 @@ FORMAT = "genlip-shards"
 META_DTYPE = np.dtype([("grid_h", "<u2"), ("grid_w", "<u2"), ("text_len", "<u4"), ("prompt_len", "<u2"),
                        ("key_hash", "<u8"), ("image_crc", "<u4"), ("text_crc", "<u4")])
 KINDS = ("text", "image", "prompt")
-
-
-class DatasetError(UserError):
-    """A dataset that does not match its manifest; the message names the file and what to do."""
 
 
 def text_dtype(vocab_size: int):
@@ -70,10 +66,12 @@ class ShardWriter:
 
     def add(self, *, key_hash: int, image: bytes, grid: tuple[int, int], text_ids, prompt_ids=()) -> None:
         text = np.asarray(text_ids, dtype=self._writers["text"].dtype)
-        self._writers["image"].add(np.frombuffer(image, dtype=np.uint8))
-        self._writers["text"].add(text)
+        parts = {"image": np.frombuffer(image, dtype=np.uint8), "text": text}
         if self.with_prompts:
-            self._writers["prompt"].add(np.asarray(prompt_ids, dtype=self._writers["text"].dtype))
+            parts["prompt"] = np.asarray(prompt_ids, dtype=self._writers["text"].dtype)
+        for kind, arr in parts.items():
+            with _naming(self.dir / f"{self.name}.{kind}.bin"):
+                self._writers[kind].add(arr)
         self.meta.append((grid[0], grid[1], len(text), len(prompt_ids), key_hash, zlib.crc32(image),
                           zlib.crc32(text.tobytes())))
         self.text_tokens += len(text)
@@ -82,9 +80,13 @@ class ShardWriter:
     def finish(self, extra: dict) -> dict:
         """Finalize, checksum and rename; returns the shard record (also written as NAME.done.json)."""
         for kind, w in self._writers.items():
-            w.finalize(self._tmp(f"{self.name}.{kind}.idx"))
+            with _naming(self.dir / f"{self.name}.{kind}.bin"):
+                w.finalize(self._tmp(f"{self.name}.{kind}.idx"))
         meta = np.array(self.meta, dtype=META_DTYPE)
-        atomic_save_npy(self._tmp(f"{self.name}.meta.npy"), meta)
+        with _naming(self.dir / f"{self.name}.meta.npy"), open(self._tmp(f"{self.name}.meta.npy"), "wb") as f:
+            np.save(f, meta)  # renamed into place below, with the other files
+            f.flush()
+            os.fsync(f.fileno())
         files = {}
         for fname in shard_files(self.name, self.with_prompts):
             tmp = self._tmp(fname)
@@ -93,14 +95,33 @@ class ShardWriter:
             os.replace(self._tmp(fname), self.dir / fname)
         record = {"name": self.name, "samples": len(meta), "text_tokens": int(self.text_tokens),
                   "patches": int(self.patches), "files": files, **extra}
-        atomic_write_json(self.dir / f"{self.name}.done.json", record)
+        with _naming(self.dir / f"{self.name}.done.json"):
+            atomic_write_json(self.dir / f"{self.name}.done.json", record)
         return record
 
     def abort(self) -> None:
+        """Remove this shard's partial files (after any failure, a full disk included); finished shards stay."""
         for w in self._writers.values():
-            w._f.close()
-        for p in self.dir.glob(f".{self.name}.*{self.tmp_tag}"):
+            try:
+                w._f.close()
+            except OSError:  # flushing the buffer fails again on a full disk; the file goes anyway
+                pass
+        partial = list(self.dir.glob(f".{self.name}.*{self.tmp_tag}"))
+        if not (self.dir / f"{self.name}.done.json").exists():  # files renamed by a finish() that then failed
+            partial += [self.dir / f for f in shard_files(self.name, self.with_prompts)]
+        for p in partial:
             p.unlink(missing_ok=True)
+
+
+@contextmanager
+def _naming(path: Path):
+    """Give a failed write (an OSError naming no file, e.g. ENOSPC) the path of the file being written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 @dataclass
@@ -150,11 +171,18 @@ def load_manifest(root: str | Path) -> dict:
         raise DatasetError(f"{path} is missing: the dataset is incomplete (rerun `genlip-data build` to finish it)")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # bad JSON or bad UTF-8
         raise DatasetError(f"{path} is not valid JSON ({e}); rebuild the manifest with `genlip-data build`") from None
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path}: holds a JSON {type(manifest).__name__}, not the manifest object; rebuild the "
+                           "manifest with `genlip-data build`")
     if manifest.get("format") != FORMAT or manifest.get("schema_version") != SCHEMA_VERSION:
         raise DatasetError(f"{path}: format {manifest.get('format')!r} v{manifest.get('schema_version')} is not "
                            f"{FORMAT} v{SCHEMA_VERSION}")
+    problem = structure_problem(manifest)
+    if problem:
+        raise DatasetError(f"{path}: {problem}; rebuild the manifest with `genlip-data build` (same inputs and "
+                           "options) or restore it")
     return manifest
 
 
@@ -192,7 +220,8 @@ def open_dataset(root: str | Path, *, check: str = "auto") -> ShardDataset:
 
     check: "full" (sha256 of every file), "quick" (every file present with its size, sha256 of the small
     .idx/.npy files; corrupt .bin bytes are then caught by per-sample CRCs at read time), "auto" (full up
-    to 2 GiB of data, quick above) or "none".
+    to 2 GiB of data, quick above) or "none". All but "none" also check the tokenizer fields against the
+    tokenizer file (genlip.data.manifest.tokenizer_defects).
     """
     root = Path(root)
     manifest = load_manifest(root)
@@ -200,10 +229,13 @@ def open_dataset(root: str | Path, *, check: str = "auto") -> ShardDataset:
         size = sum(f["bytes"] for rec in manifest["shards"] for f in rec["files"].values())
         check = "full" if size <= FULL_CHECK_BYTES else "quick"
     if check != "none":
-        defects = check_files(root, manifest, checksums=check == "full")
+        # NOTE: the tokenizer too: a vocab_size edited in the manifest would size the model wrongly, and
+        # tensor parallelism would then train on out-of-range token ids without an error.
+        defects = check_files(root, manifest, checksums=check == "full") or tokenizer_defects(root, manifest)
         if defects:
-            raise DatasetError(f"dataset {root} does not match its manifest ({len(defects)} defect(s)):\n  "
-                               + "\n  ".join(defects[:20]) + "\nrun `genlip-data verify` for a full report")
+            more = f" (and {len(defects) - 1} more defect(s))" if len(defects) > 1 else ""
+            raise DatasetError(f"dataset {root} does not match its manifest: {defects[0]}{more}; run "
+                               f"`genlip-data verify {root}` for a full report")
     mode = ImageMode(**manifest["image"])
     ds = ShardDataset(root=root, manifest=manifest, image_mode=mode)
     counts = [0]

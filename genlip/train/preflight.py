@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from genlip.config import Config, ConfigError, padded_vocab, validate
+from genlip.data.manifest import check_trainable
 from genlip.data.shards import load_manifest
 from genlip.model.config import ModelConfig
 
@@ -30,8 +31,8 @@ def check_run(cfg: Config, *, world_size: int) -> tuple[ModelConfig, list[dict]]
     if not d.datasets:
         raise ConfigError("data.datasets is empty: give at least one dataset directory made by genlip-data build")
     manifests = [load_manifest(p) for p in d.datasets]
-    for p in d.val_datasets:
-        load_manifest(p)
+    for path, m in [*zip(d.datasets, manifests), *((p, load_manifest(p)) for p in d.val_datasets)]:
+        check_trainable(path, m)  # samples at all, and tokenizer fields that agree with the tokenizer
     first = manifests[0]["tokenizer"]
     for path, m in zip(d.datasets[1:], manifests[1:]):
         if m["tokenizer"]["sha256"] != first["sha256"]:

@@ -1,9 +1,4 @@
-"""genlip-train: train GenLIP from a YAML run config on 1 CPU process or many GPUs.
-
-    genlip-train CONFIG.yaml [key=value ...]           # one process
-    torchrun --nproc_per_node 8 -m genlip.train.trainer CONFIG.yaml parallel.tp=2
-    deepspeed --num_gpus 8 --module genlip.train.trainer CONFIG.yaml
-    srun python -m genlip.train.trainer CONFIG.yaml    # ranks from SLURM variables
+"""The training run: `Trainer(cfg).fit()` on one rank of a launch (the `genlip-train` command is cli.py).
 
 TP from megatron-core, PP from DeepSpeed's pipeline engine, DP with DeepSpeed ZeRO. The schedule and
 the logs count samples. Checkpoints every `train.save_interval` steps; the run resumes from the newest
@@ -13,7 +8,6 @@ checkpoint and exit with code 75 (requeue); too many non-finite steps in a row c
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -29,10 +23,10 @@ import torch
 import torch.distributed as dist
 
 from genlip import __version__
-from genlip.config import Config, ConfigError, field_help, load_config, padded_vocab, validate
+from genlip.config import Config, ConfigError
 from genlip.data.loader import LoaderSpec, PackedRows, build_loader
 from genlip.data.packing import PackingSpec
-from genlip.data.shards import DatasetError, load_manifest, manifest_hash
+from genlip.data.shards import DatasetError, manifest_hash
 from genlip.eval import run_evals
 from genlip.info import count_params
 from genlip.model.genlip import GenLIP
@@ -44,10 +38,11 @@ from genlip.train.ds_config import build_ds_config
 from genlip.train.elastic import load_universal_into
 from genlip.parallel.consolidate import consolidated_state_dict
 from genlip.weights.deepspeed_files import STATE_FILE, CheckpointError, canonical_name, find_checkpoint
-from genlip.weights.load import ModelPathError, load_state, run_tokenizer
+from genlip.weights.load import ModelPathError, check_same_tokenizer, load_state, run_tokenizer
 from genlip.weights.model_file import save_model
 from genlip.weights.official import OfficialFormatError
 from genlip.weights.universal import UNIVERSAL_DIR, Universal, deepspeed_universal_info, save_universal
+from genlip.train.preflight import check_run
 from genlip.train.metrics import Logger, batch_stats, memory_gib, peak_tflops
 from genlip.train.schedule import lr_at
 from genlip.train.validation import batch_targets, plan_validation, val_batches
@@ -125,17 +120,8 @@ class Trainer:
         p, t = cfg.parallel, cfg.train
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         world = int(os.environ["WORLD_SIZE"])
-        # Everything that can be checked before a process group exists is checked now.
-        manifests = [load_manifest(d) for d in cfg.data.datasets]
-        if not manifests:
-            raise ConfigError("data.datasets is empty: give at least one dataset directory made by genlip-data build")
-        vocab = manifests[0]["tokenizer"]["vocab_size"]
-        if any(m["tokenizer"]["sha256"] != manifests[0]["tokenizer"]["sha256"] for m in manifests):
-            raise ConfigError("data.datasets were built with different tokenizers")
-        self.model_cfg = validate(cfg, world_size=world,
-                                  vocab_size=padded_vocab(vocab, cfg.data.pad_vocab_to))
-        if self.model_cfg.vocab_size < vocab:
-            raise ConfigError(f"model.vocab_size={self.model_cfg.vocab_size} is smaller than the tokenizer's {vocab}")
+        # Everything that can be checked before a process group exists is checked now (as genlip-train did).
+        self.model_cfg, _ = check_run(cfg, world_size=world)
 
         init_parallel(tp=p.tp, pp=p.pp, backend=backend)
         deepspeed.init_distributed(dist_backend=backend)
@@ -188,11 +174,15 @@ class Trainer:
     # ---- set-up helpers --------------------------------------------------------------------------
     def _init_from(self, module, path: Path) -> None:
         """Start from given weights (stage 2, or a released model): a project export, the authors' Hugging
-        Face layout, or a checkpoint of any layout (fresh optimizer and schedule)."""
+        Face layout, or a checkpoint of any layout (fresh optimizer and schedule). Refused: weights with
+        NaN/Inf, damaged files, and weights trained with another tokenizer than this run's data."""
         try:
-            state, saved_cfg, _, source = load_state(path)
+            state, saved_cfg, tokenizer, source = load_state(path)
+            note = check_same_tokenizer(tokenizer, run_tokenizer(self.run_dir), source=source)
         except (ModelPathError, CheckpointError, OfficialFormatError) as e:
             raise ConfigError(f"train.init_from={str(path)!r}: {e}") from None
+        if note:
+            self.log.print(f"warning: train.init_from: {note}")
         keep = {"drop_path": self.model_cfg.drop_path, "attn_backend": self.model_cfg.attn_backend}
         if dataclasses.replace(saved_cfg, **keep) != self.model_cfg:
             diff = {k: (v, getattr(self.model_cfg, k)) for k, v in dataclasses.asdict(saved_cfg).items()
@@ -569,42 +559,17 @@ def _grad_norm(engine) -> float | None:
     return float(g.item() if torch.is_tensor(g) else g)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="genlip-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("config", nargs="?", help="YAML run config (run_scripts/configs/*.yaml)")
-    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 parallel.tp=2")
-    ap.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
-    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    ap.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
-    return ap
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.help_config:
-        print(field_help())
-        return 0
-    if not args.config:
-        build_parser().print_usage()
-        return EXIT_CONFIG
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if args.print_config:
-            print(json.dumps(cfg.to_dict(), indent=1))
-            return 0
-        set_env_from_launcher()
-        trainer = Trainer(cfg)
-    except ConfigError as e:
-        print(f"genlip-train: config error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+def train(cfg: Config) -> int:
+    """Run `cfg` in this process (one rank of the launch); the exit code of the run."""
+    set_env_from_launcher()
+    trainer = Trainer(cfg)
     try:
         return trainer.fit()
-    except ConfigError as e:
-        print(f"genlip-train: {e}", file=sys.stderr)
-        return EXIT_CONFIG
     finally:
         destroy_parallel()
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # torchrun / deepspeed / srun: `python -m genlip.train.trainer CONFIG ...`
+    from genlip.train.cli import main
+
     sys.exit(main())

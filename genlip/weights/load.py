@@ -9,25 +9,20 @@ by genlip.weights.deepspeed_files).
 
 from __future__ import annotations
 
-from genlip.errors import UserError
-
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from genlip.data.tokenizer import file_sha256
 from genlip.model.config import ModelConfig
 from genlip.model.genlip import GenLIP
 from genlip.weights.deepspeed_files import CheckpointError, find_checkpoint, read_fp32_state
-from genlip.weights.model_file import load_model_file
+from genlip.weights.model_file import ModelPathError, load_model_file
 from genlip.weights.official import is_official_dir, load_official
 
 MODEL_FILE = "model.safetensors"
-
-
-class ModelPathError(UserError):
-    """The path holds no model this project can read; the message says what was expected."""
 
 
 @dataclass
@@ -66,8 +61,42 @@ def run_tokenizer(run_dir: Path) -> Path | None:
 
 
 def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, Path | None, str]:
-    """(full state dict with the project's names, model config, tokenizer or None, description)."""
-    path = Path(path)
+    """(full state dict with the project's names, model config, tokenizer or None, description).
+
+    Refuses weights holding NaN or Inf (ModelPathError naming the first such tensor): nothing good
+    comes of evaluating, exporting or training from them."""
+    state, cfg, tokenizer, source = _read_state(Path(path))
+    check_finite(state, source)
+    return state, cfg, tokenizer, source
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """ModelPathError naming the first tensor that holds NaN or Inf."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ModelPathError(f"{source}: tensor {name} holds {bad} NaN/Inf value(s) of {t.numel()}; these "
+                                 "weights are unusable: start from an earlier checkpoint")
+
+
+def check_same_tokenizer(weights_tokenizer: Path | None, data_tokenizer: Path | None, *, source: str) -> str | None:
+    """Refuse weights trained with another tokenizer than `data_tokenizer` (ModelPathError naming both files):
+    their token ids would mean other words even when the vocabularies pad to the same size. Returns a
+    warning to print when the weights carry no tokenizer record (nothing to compare), else None."""
+    if data_tokenizer is None:
+        return None
+    if weights_tokenizer is None:
+        return (f"{source} carries no record of its tokenizer; assuming it was trained with {data_tokenizer} "
+                "(if not, its token embeddings mean other words)")
+    ours, theirs = file_sha256(data_tokenizer), file_sha256(weights_tokenizer)
+    if ours != theirs:
+        raise ModelPathError(f"{source}: was trained with tokenizer {weights_tokenizer} (sha256 {theirs[:12]}), this "
+                             f"run's data with {data_tokenizer} (sha256 {ours[:12]}); start from weights trained with "
+                             f"the data's tokenizer, or rebuild the data with {weights_tokenizer}")
+    return None
+
+
+def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig, Path | None, str]:
     if path.is_file() and path.suffix == ".safetensors":
         state, cfg = load_model_file(path)
         if json.loads(path.with_suffix(".json").read_text()).get("trunk_only"):
@@ -76,7 +105,7 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, 
         return state, cfg, _tokenizer_near(path), str(path)
     if path.is_dir() and (path / MODEL_FILE).is_file() and (path / "model.json").is_file() \
             and not _checkpoint_is_newer(path):
-        return load_state(path / MODEL_FILE)
+        return _read_state(path / MODEL_FILE)
     if path.is_dir() and is_official_dir(path):
         state, cfg = load_official(path)
         return state, cfg, _tokenizer_near(path / MODEL_FILE), f"{path} (authors' Hugging Face layout)"
@@ -99,7 +128,10 @@ def _checkpoint_is_newer(run_dir: Path) -> bool:
         info = find_checkpoint(run_dir)
     except CheckpointError:
         return False
-    exported = json.loads((run_dir / "model.json").read_text()).get("progress", {}).get("step", -1)
+    try:
+        exported = json.loads((run_dir / "model.json").read_text()).get("progress", {}).get("step", -1)
+    except (ValueError, AttributeError):  # an unreadable model.json: the checkpoint is the model
+        exported = -1
     return info.state.get("progress", {}).get("step", -1) > exported
 
 

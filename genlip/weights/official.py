@@ -30,9 +30,8 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
-
 from genlip.model.config import ModelConfig
+from genlip.weights.model_file import load_safetensors, save_safetensors
 
 CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"
 
@@ -64,9 +63,10 @@ def is_official_dir(path: Path) -> bool:
     if not cfg.is_file():
         return False
     try:
-        return json.loads(cfg.read_text()).get("model_type") == "genlip"
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        config = json.loads(cfg.read_text())
+    except ValueError:  # bad JSON or bad UTF-8
         return False
+    return isinstance(config, dict) and config.get("model_type") == "genlip"
 
 
 # ---- config ---------------------------------------------------------------------------------------
@@ -195,9 +195,7 @@ def save_official(out_dir: Path, state: dict[str, torch.Tensor], cfg: ModelConfi
     if trunk_only:
         config["genlip_trunk_only"] = True  # no text embedding or LM head: the vision encoder alone
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    tmp = out_dir / f".{WEIGHTS_FILE}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    tmp.replace(out_dir / WEIGHTS_FILE)
+    save_safetensors(out_dir / WEIGHTS_FILE, tensors, {"format": "pt"})
     return out_dir / WEIGHTS_FILE
 
 
@@ -209,13 +207,16 @@ def load_official(path: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     if (path / WEIGHTS_FILE).is_file():
         files = [path / WEIGHTS_FILE]
     elif (path / INDEX_FILE).is_file():
-        files = [path / f for f in sorted(set(json.loads((path / INDEX_FILE).read_text())["weight_map"].values()))]
+        try:
+            files = [path / f for f in sorted(set(json.loads((path / INDEX_FILE).read_text())["weight_map"].values()))]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise OfficialFormatError(f"{path / INDEX_FILE}: not a safetensors index ({type(e).__name__}: {e})") from None
     else:
         raise OfficialFormatError(f"{path}: has {CONFIG_FILE} but no {WEIGHTS_FILE} or {INDEX_FILE}")
     tensors = {}
     for f in files:
         if not f.is_file():
             raise OfficialFormatError(f"{f}: listed in {INDEX_FILE} but missing")
-        tensors.update(load_file(str(f)))
+        tensors.update(load_safetensors(f))
     state = state_from_official(tensors, cfg, str(path))
     return {k: v.float() for k, v in state.items()}, cfg

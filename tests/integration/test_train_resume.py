@@ -141,7 +141,7 @@ def test_stage2_starts_from_the_stage1_export(setup):
     model.load_state_dict(state)  # the export loads into the single-process model, names and shapes
     out = root / "stage2"
     proc = run_train(2, config, f"train.output_dir={out}", f"train.init_from={ref / 'model.safetensors'}",
-                     "parallel.tp=2", "train.max_steps=1", "optim.lr=1e-9", "optim.warmup_ratio=0")
+                     "parallel.tp=2", "train.max_steps=1", "optim.lr=1e-9", "optim.min_lr=0", "optim.warmup_ratio=0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     after, _ = load_model_file(out / "model.safetensors")
     for name, t in state.items():
