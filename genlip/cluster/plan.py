@@ -13,10 +13,11 @@ set S*B*D*(10 + 24/tp); without, S*B*D*(10 + 24/tp) per layer; plus fp32 logits 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from genlip.config import Config
-from genlip.info import count_params
-from genlip.model.config import ModelConfig
+if TYPE_CHECKING:  # NOTE: nothing heavy at import: genlip-submit checks its options before torch loads
+    from genlip.config import Config
+    from genlip.model.config import ModelConfig
 
 GIB = 2**30
 
@@ -40,6 +41,8 @@ class Plan:
 
 def estimate(cfg: Config, m: ModelConfig, *, world: int, avg_tokens_per_sample: float,
              fill: float = 0.99, caption_fraction: float = 0.25) -> Plan:
+    from genlip.info import count_params
+
     p, t = cfg.parallel, cfg.train
     dp = world // (p.tp * p.pp)
     counts = count_params(m)

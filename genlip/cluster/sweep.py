@@ -14,6 +14,10 @@ A sweep file:
     slurm: {nodes: 1, gpus_per_node: 8, time: "1-00:00:00", partition: gpu}
     output_dir: runs/sweeps                          # the sweep lives in OUTPUT_DIR/NAME
 
+The file is checked whole (types of every key, grid values non-empty lists without repeats, no key
+twice, the slurm options through genlip-submit's validation pass) before any config loads or any file is
+written; a bad key is one line naming it.
+
 Array task i trains point i into SWEEP_DIR/point_00i (its own run directory, so it resumes after a
 requeue) and writes result.json there; `report` gathers them and says which points failed or are still
 running.
@@ -25,6 +29,7 @@ import argparse
 import csv
 import itertools
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -32,34 +37,93 @@ from pathlib import Path
 
 import yaml
 
-from genlip.cluster.submit import (REQUEUE_CODE, SLURM_DIR, plan_job, render, safe_name, sbatch_extra, sbatch_path,
-                                   slurm_time, submit_script)
-from genlip.config import ConfigError, load_config
+from genlip.cluster.submit import (REQUEUE_CODE, SLURM_DIR, ArgumentParser, SlurmOptions, check_slurm_options,
+                                   plan_job, render, safe_name, sbatch_extra, sbatch_path, submit_script)
+from genlip.errors import UserError, cli_main
 
 SLURM_KEYS = {"nodes": 1, "gpus_per_node": 8, "tasks_per_node": 0, "cpus_per_task": 8, "time": "1-00:00:00",
               "partition": None, "account": None, "qos": None, "signal_seconds": 300, "gpu_memory_gib": 80.0,
               "sbatch_args": []}
+TOP_KEYS = {"name", "config", "overrides", "grid", "slurm", "output_dir"}
+NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 
 
-def load_sweep(path: Path) -> dict:
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise UserError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice")
+            seen.add(key if isinstance(key, (str, int, float, bool)) else id(key))
+        return super().construct_mapping(node, deep)
+
+
+def _override_key(item, what: str) -> str:
+    if not isinstance(item, str) or "=" not in item or not item.split("=", 1)[0].strip():
+        raise UserError(f"{what} {item!r}: each override must be a string key=value")
+    return item.split("=", 1)[0].strip()
+
+
+def load_sweep(path: Path) -> tuple[dict, SlurmOptions]:
+    """The sweep file, checked whole (see the module docstring), and its job options."""
     if not path.is_file():
-        raise ConfigError(f"sweep file {path} does not exist")
-    sweep = yaml.safe_load(path.read_text()) or {}
-    unknown = set(sweep) - {"name", "config", "overrides", "grid", "slurm", "output_dir"}
+        raise UserError(f"sweep file {path} does not exist")
+    try:
+        sweep = yaml.load(path.read_text(), Loader=_StrictLoader)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(sweep, dict):
+        raise UserError(f"{path}: must be a mapping with the keys name, config, grid (and overrides, slurm, "
+                        "output_dir)")
+    unknown = set(map(str, sweep)) - TOP_KEYS
     if unknown:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
+        raise UserError(f"{path}: unknown keys {sorted(unknown)}; valid: {', '.join(sorted(TOP_KEYS))}")
     for key in ("name", "config", "grid"):
         if key not in sweep:
-            raise ConfigError(f"{path}: missing {key!r}")
-    if not isinstance(sweep["grid"], dict) or not all(isinstance(v, list) and v for v in sweep["grid"].values()):
-        raise ConfigError(f"{path}: grid must map keys to non-empty lists")
-    bad = set(sweep.get("slurm") or {}) - set(SLURM_KEYS)
+            raise UserError(f"{path}: missing {key!r}")
+    name = sweep["name"]
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise UserError(f"{path}: name {name!r} must be a directory name: letters, digits and . _ - only")
+    for key in ("config", "output_dir"):
+        if key in sweep and (not isinstance(sweep[key], str) or not sweep[key]):
+            raise UserError(f"{path}: {key} must be a path (a string), not {sweep[key]!r}")
+    if not Path(sweep["config"]).is_file():
+        raise UserError(f"{path}: config {sweep['config']} does not exist")
+    overrides = sweep.setdefault("overrides", [])
+    if not isinstance(overrides, list):
+        raise UserError(f"{path}: overrides must be a list of key=value strings, not {overrides!r}")
+    fixed = [_override_key(o, f"{path}: overrides") for o in overrides]
+    grid = sweep["grid"]
+    if not isinstance(grid, dict) or not grid:
+        raise UserError(f"{path}: grid must map config keys to non-empty lists of values")
+    for key, values in grid.items():
+        if not isinstance(key, str) or not key or re.search(r"[\s=]", key):
+            raise UserError(f"{path}: grid key {key!r} must be a dotted config key such as model.preset")
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{path}: grid.{key} must be a non-empty list of values, not {values!r}")
+        texts = [_yaml_value(v) for v in values]
+        if len(set(texts)) != len(texts):
+            raise UserError(f"{path}: grid.{key} lists a value twice ({values}): each point must differ")
+        if key in fixed:
+            raise UserError(f"{path}: {key} is both in overrides and in grid; keep one")
+    for key in [*fixed, *grid]:
+        if key == "train.output_dir":
+            raise UserError(f"{path}: train.output_dir is set by the sweep (OUTPUT_DIR/NAME/point_NNN); use output_dir")
+    slurm = sweep.get("slurm") or {}
+    if not isinstance(slurm, dict):
+        raise UserError(f"{path}: slurm must be a mapping of {', '.join(SLURM_KEYS)}, not {slurm!r}")
+    bad = set(map(str, slurm)) - set(SLURM_KEYS)
     if bad:
-        raise ConfigError(f"{path}: unknown slurm keys {sorted(bad)}; valid: {', '.join(SLURM_KEYS)}")
-    sweep["slurm"] = SLURM_KEYS | (sweep.get("slurm") or {})
-    sweep.setdefault("overrides", [])
+        raise UserError(f"{path}: unknown slurm keys {sorted(bad)}; valid: {', '.join(SLURM_KEYS)}")
+    sweep["slurm"] = SLURM_KEYS | slurm
+    opts = check_slurm_options(sweep["slurm"], lambda key: f"{path}: slurm.{key}")
     sweep.setdefault("output_dir", "runs/sweeps")
-    return sweep
+    return sweep, opts
 
 
 def points(sweep: dict) -> list[list[str]]:
@@ -73,26 +137,33 @@ def _yaml_value(v) -> str:
 
 
 def run_submit(args) -> int:
-    sweep = load_sweep(args.sweep)
-    s = sweep["slurm"]
-    sweep_dir = (Path(sweep["output_dir"]) / safe_name(sweep["name"])).resolve()
+    sweep, opts = load_sweep(args.sweep)
+    sweep_dir = (Path(sweep["output_dir"]) / sweep["name"]).resolve()
+    log_path = sbatch_path(sweep_dir, f"{args.sweep}: output_dir/name")
+    if not args.python:
+        raise UserError("--python must name the Python that runs the jobs")
+    from genlip.config import load_config
+
     config = Path(sweep["config"]).resolve()
-    tasks = s["tasks_per_node"] or max(s["gpus_per_node"], 1)
+    nodes, tasks = opts.nodes[0], opts.tasks_per_node
     pts = points(sweep)
     cases = []
     for i, overrides in enumerate(pts):
         run_dir = sweep_dir / f"point_{i:03d}"
-        cfg = load_config(config, overrides)
         print(f"point {i}: {' '.join(overrides)}")
-        print("  " + plan_job(cfg, world=s["nodes"] * tasks, gpus_per_node=s["gpus_per_node"],
-                              gpu_memory_gib=s["gpu_memory_gib"], force=args.force).replace("\n", "\n  "))
+        try:
+            cfg = load_config(config, overrides)
+            plan = plan_job(cfg, world=nodes * tasks, gpus_per_node=opts.gpus_per_node,
+                            gpu_memory_gib=opts.gpu_memory_gib, force=args.force)
+        except UserError as e:
+            raise UserError(f"{args.sweep}: point {i} ({' '.join(overrides)}): {e}") from None
+        print("  " + plan.replace("\n", "\n  "))
         cmd = [args.python, "-m", "genlip.train.trainer", str(config), *overrides, f"train.output_dir={run_dir}"]
         cases.append(f"  {i}) RUN={shlex.quote(str(run_dir))}; CMD=({shlex.join(cmd)}) ;;")
     script = render(SLURM_DIR / "sweep.sbatch", {
-        "JOB_NAME": safe_name(sweep["name"]), "LAST_TASK": str(len(pts) - 1), "NODES": str(s["nodes"]),
-        "TASKS_PER_NODE": str(tasks), "CPUS_PER_TASK": str(s["cpus_per_task"]), "TIME": slurm_time(str(s["time"])),
-        "SWEEP_DIR": sbatch_path(sweep_dir), "SIGNAL_SECONDS": str(s["signal_seconds"]),
-        "SBATCH_EXTRA": sbatch_extra(s["partition"], s["account"], s["qos"], s["gpus_per_node"], s["sbatch_args"]),
+        "JOB_NAME": safe_name(sweep["name"]), "LAST_TASK": str(len(pts) - 1), "NODES": str(nodes),
+        "TASKS_PER_NODE": str(tasks), "CPUS_PER_TASK": str(opts.cpus_per_task), "TIME": opts.time,
+        "SWEEP_DIR": log_path, "SIGNAL_SECONDS": str(opts.signal_seconds), "SBATCH_EXTRA": sbatch_extra(opts),
         "WORKDIR": shlex.quote(str(Path.cwd())), "ENV_FILE": shlex.quote(str(SLURM_DIR / "env.sh")),
         "POINT_CASES": "\n".join(cases), "REQUEUE_CODE": str(REQUEUE_CODE),
     })
@@ -103,7 +174,7 @@ def run_submit(args) -> int:
     (sweep_dir / "sweep.json").write_text(json.dumps({"sweep": sweep, "points": pts}, indent=1, default=str) + "\n")
     path = sweep_dir / "sweep.sbatch"
     path.write_text(script)
-    job = submit_script(path, dry_run=False)
+    job = submit_script(path)
     (sweep_dir / "job_id").write_text(f"{job}\n")
     print(f"submitted sweep {sweep['name']} as array job {job} ({len(pts)} points): {sweep_dir}")
     return 0
@@ -121,7 +192,10 @@ def _queued_tasks(job: str | None) -> set[int]:
 
 
 def gather(sweep_dir: Path) -> list[dict]:
-    meta = json.loads((sweep_dir / "sweep.json").read_text())
+    try:
+        meta = json.loads((sweep_dir / "sweep.json").read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{sweep_dir / 'sweep.json'} is not valid JSON ({e}); submit the sweep again") from None
     job_file = sweep_dir / "job_id"
     queued = _queued_tasks(job_file.read_text().strip() if job_file.exists() else None)
     rows = []
@@ -189,7 +263,7 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 def run_report(args) -> int:
     if not (args.sweep_dir / "sweep.json").is_file():
-        raise ConfigError(f"{args.sweep_dir} is not a sweep directory (no sweep.json)")
+        raise UserError(f"{args.sweep_dir} is not a sweep directory (no sweep.json)")
     md, csv_path, png = write_report(args.sweep_dir)
     print(md.read_text())
     rows = gather(args.sweep_dir)
@@ -201,7 +275,7 @@ def run_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="genlip-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="genlip-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sb = sub.add_parser("submit", help="render the sweep as one job array and submit it")
     sb.add_argument("sweep", type=Path, help="sweep YAML file")
@@ -216,12 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except (ConfigError, ValueError, RuntimeError) as e:
-        print(f"genlip-sweep {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return cli_main("genlip-sweep", lambda: (args := build_parser().parse_args(argv)).run(args))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -561,6 +562,8 @@ def _grad_norm(engine) -> float | None:
 
 def train(cfg: Config) -> int:
     """Run `cfg` in this process (one rank of the launch); the exit code of the run."""
+    # DeepSpeed's ZeRO gathers call a torch collective torch deprecated (not ours to change): noise at every save.
+    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
     set_env_from_launcher()
     trainer = Trainer(cfg)
     try:

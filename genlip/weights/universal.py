@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from genlip.atomic import atomic_write_json
 from genlip.model.config import ModelConfig
 from genlip.weights.deepspeed_files import CheckpointInfo, read_training_state
+from genlip.weights.model_file import save_safetensors
 
 UNIVERSAL_DIR = "universal"
 KEYS = ("fp32", "exp_avg", "exp_avg_sq")
@@ -37,7 +37,7 @@ def save_universal(info: CheckpointInfo, out: Path | None = None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for key in KEYS:
-        save_file({k: v.contiguous() for k, v in tensors[key].items()}, str(tmp / f"{key}.safetensors"))
+        save_safetensors(tmp / f"{key}.safetensors", {k: v.contiguous() for k, v in tensors[key].items()}, {})
     atomic_write_json(tmp / "universal.json", {"adam_step": adam_step, "layout": info.layout,
                                                "progress": info.state.get("progress", {}), "source": str(info.path)})
     tmp.replace(out)

@@ -1,7 +1,8 @@
 """Against a real SLURM cluster on this machine (tests/slurm/cluster.sh: munge, slurmctld, slurmd):
 a 2-task training job, a 2-task preprocessing array, a 2-point sweep and its report, preemption with
 requeue and exact resume, a requeued 2-task job that comes back as 1 task and resumes under the new
-world size, and inert shell-injection attempts.
+world size, and inert shell-injection attempts. And that the test cluster owns only what it started: its
+own munge, ports, pid files; `stop` never ends a process it did not start.
 
 Skipped with the reason when Debian's slurm-wlm/munge are not installed; under CI (CI=true) that is a
 failure instead, since run_scripts/test.sh installs them."""
@@ -22,6 +23,7 @@ from genlip.cluster.sweep import main as sweep_main
 from tests.helpers import build_tiny_dataset, ROOT, read_metrics, read_samples, run_train
 
 SLURM_DIR = Path(os.environ.get("GENLIP_SLURM_DIR", "/tmp/genlip-slurm"))
+CLUSTER_SH = ROOT / "tests" / "slurm" / "cluster.sh"
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +36,18 @@ def cluster():
         pytest.skip(msg)
     if os.geteuid() != 0:
         pytest.skip("starting a local SLURM cluster needs root")
-    proc = subprocess.run(["bash", str(ROOT / "tests/slurm/cluster.sh"), "start"], capture_output=True, text=True)
+    proc = subprocess.run(["bash", str(CLUSTER_SH), "start"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    started = "started" in proc.stdout.split()  # "already running": someone else's session; leave it running
+    saved = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(SLURM_DIR / "slurm.conf")
     yield
-    subprocess.run(["bash", str(ROOT / "tests/slurm/cluster.sh"), "stop"])
+    if saved is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = saved
+    if started:  # everything cluster.sh started (munged too) ends with the suite
+        subprocess.run(["bash", str(CLUSTER_SH), "stop"], check=True)
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +83,8 @@ def wait_done(job: str, timeout: float = 600) -> str:
     raise AssertionError(f"job {job} did not finish in {timeout}s")
 
 
-def submit(*argv) -> str:
-    proc = subprocess.run([sys.executable, "-m", "genlip.cluster.submit", *argv], capture_output=True, text=True, cwd=ROOT,
+def submit(*argv, cwd=ROOT) -> str:
+    proc = subprocess.run([sys.executable, "-m", "genlip.cluster.submit", *argv], capture_output=True, text=True, cwd=cwd,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return re.search(r"submitted (?:array )?job (\d+)", proc.stdout).group(1)
@@ -193,10 +202,72 @@ def test_injection_in_names_and_overrides_is_inert(data):
     marker = root / "PWNED"
     evil_name = f'x"; touch {marker}; echo "'
     run = root / "evil"
+    # The job's working directory holds a slot name (the old renderer expanded it into the cd line) and shell code.
+    workdir = root / "wd {{TRAIN_COMMAND}} $(touch PWNED4) 'q'"
+    workdir.mkdir()
     job = submit("train", str(config), f"data.val_datasets=[$(touch {marker}2)]", f"train.init_from=`touch {marker}3`",
                  "--name", evil_name, "--gpus-per-node", "0", "--tasks-per-node", "1", "--cpus-per-task", "1",
-                 "--time", "10:00", "--run-dir", str(run))
+                 "--time", "10:00", "--run-dir", str(run), cwd=workdir)
     wait_done(job)
     log = (run / f"slurm-{job}.out").read_text()
-    assert f"`touch {marker}3`" in log  # the trainer saw the literal text (and refused it as a path)
+    # The trainer ran (the quoted cd worked) and saw the literal text, which it refused as a path.
+    assert f"$(touch {marker}2)" in log or f"`touch {marker}3`" in log, log[-2000:]
     assert not any(Path(f"{marker}{s}").exists() for s in ("", "2", "3"))
+    assert not list(root.rglob("PWNED*")) and not (ROOT / "PWNED4").exists()
+
+
+def _cluster(cmd: str, state: Path, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(CLUSTER_SH), cmd], capture_output=True, text=True,
+                          env=dict(os.environ, GENLIP_SLURM_DIR=str(state), **env))
+
+
+def test_stop_ends_only_processes_the_cluster_started(tmp_path):
+    """Old cluster.sh stopped with `pkill -x slurmd/slurmctld`: every such process on the machine (a real
+    node's daemons). Now only the pids in its own pid files, and only if they are its own processes."""
+    state = tmp_path / "state"
+    (state / "munge").mkdir(parents=True)
+    procs = {}
+    for name in ("slurmd", "slurmctld", "munged"):  # stand-ins named like the daemons: `sleep` under their names
+        exe = tmp_path / name
+        shutil.copy(shutil.which("sleep"), exe)
+        procs[name] = subprocess.Popen([str(exe), "300"])
+    try:
+        # Stale pid files naming them (a reused pid): the names match, but they were not started from this dir.
+        (state / "slurmd.pid").write_text(f"{procs['slurmd'].pid}\n")
+        (state / "slurmctld.pid").write_text(f"{procs['slurmctld'].pid}\n")
+        (state / "munge" / "munged.pid").write_text(f"{procs['munged'].pid}\n")
+        proc = _cluster("stop", state)
+        assert proc.returncode == 0, proc.stderr
+        assert all(p.poll() is None for p in procs.values()), "cluster.sh stop ended a process it did not start"
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+
+
+def test_start_refuses_ports_in_use(tmp_path):
+    """A daemon this script did not start listens on its port: refuse, and leave nothing running (the old
+    script reused any running slurmctld and used SLURM's default ports)."""
+    if shutil.which("slurmctld") is None or os.geteuid() != 0:
+        pytest.skip("needs slurm-wlm and root")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = _cluster("start", tmp_path / "state", GENLIP_SLURM_PORT=str(port))
+    assert proc.returncode != 0 and f"port {port} is in use" in proc.stderr, proc.stdout + proc.stderr
+    assert not list((tmp_path / "state").rglob("*.pid")), "a refused start left a daemon behind"
+
+
+def test_cluster_uses_only_its_own_munge_ports_and_files(cluster):
+    conf = (SLURM_DIR / "slurm.conf").read_text()
+    ports = dict(re.findall(r"^(Slurm(?:ctld|d)Port)=(\d+)$", conf, re.M))
+    assert sorted(ports) == ["SlurmctldPort", "SlurmdPort"] and not {"6817", "6818"} & set(ports.values())
+    assert f"AuthInfo=socket={SLURM_DIR}/munge/munge.socket," in conf
+    for pid_file in (SLURM_DIR / "munge" / "munged.pid", SLURM_DIR / "slurmctld.pid", SLURM_DIR / "slurmd.pid"):
+        cmdline = Path(f"/proc/{pid_file.read_text().strip()}/cmdline").read_bytes().decode()
+        assert f"{SLURM_DIR}/" in cmdline, (pid_file, cmdline)
+    assert f"--key-file={SLURM_DIR}/munge/munge.key" in Path(
+        f"/proc/{(SLURM_DIR / 'munge' / 'munged.pid').read_text().strip()}/cmdline").read_bytes().decode().split("\0")
