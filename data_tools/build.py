@@ -4,7 +4,9 @@ One output shard per input file, named after it. Shards already finished (their 
 present) are skipped, so a killed run is finished by rerunning the same command. `--shard-index I
 --num-shard-groups N` takes every N-th input from the I-th, so the tasks of a SLURM array split the
 work with no coordination; the task that finds every shard done writes manifest.json.
-Bad samples never stop a run: each is skipped and counted by reason (with a few example keys).
+Bad samples never stop a run: each is skipped and counted by reason (with a few example keys), including
+images over the --max-image-* limits, which are checked before an image is read or decoded. A run that
+yields no sample at all is an error and writes no manifest.json.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from genlip.atomic import atomic_write_json
-from genlip.data.images import BadImage, ImageMode, encode_image, load_image, resize_for_mode
+from genlip.data.images import BadImage, ImageLimits, ImageMode, encode_image, load_image, resize_for_mode
 from genlip.data.shards import FORMAT, SCHEMA_VERSION, ShardWriter
-from genlip.data.sources import InputError, RawSample, SourceOptions, Skip, expand_inputs, iter_source
+from genlip.data.sources import (InputError, RawSample, SourceOptions, Skip, check_input, expand_inputs,
+                                 iter_source)
 from genlip.data.tokenizer import STAGE1_PROMPT, Tokenizer, file_sha256
 
 EXAMPLES_PER_REASON = 5
@@ -38,12 +41,14 @@ class BuildOptions:
 
     image: ImageMode = field(default_factory=ImageMode)
     source: SourceOptions = field(default_factory=SourceOptions)
+    limits: ImageLimits = field(default_factory=ImageLimits)
     prompt: str = STAGE1_PROMPT
     max_text_tokens: int = 1024
     tokenizer_file: str = "tokenizer.model"
 
     def to_dict(self) -> dict:
-        return {"image": self.image.to_dict(), "source": asdict(self.source), "prompt": self.prompt,
+        return {"image": self.image.to_dict(), "source": asdict(self.source), "limits": asdict(self.limits),
+                "prompt": self.prompt,
                 "max_text_tokens": self.max_text_tokens, "tokenizer_file": self.tokenizer_file}
 
 
@@ -63,7 +68,7 @@ def _process(sample: RawSample, tok: Tokenizer, opts: BuildOptions):
     if len(text) > opts.max_text_tokens:
         return "caption_too_long"
     try:
-        img = resize_for_mode(load_image(sample.image), opts.image)
+        img = resize_for_mode(load_image(sample.image, opts.limits), opts.image)
     except BadImage as e:
         return e.reason
     p = opts.image.patch_size
@@ -85,7 +90,7 @@ def build_shard(input_path: Path, name: str, out: Path, opts: BuildOptions, prog
     seen: set[str] = set()
     pending = reported_skips = 0
     try:
-        for item in iter_source(input_path, opts.source):
+        for item in iter_source(input_path, opts.source, limits=opts.limits):
             result = item.reason if isinstance(item, Skip) else None
             if result is None:
                 result = "duplicate_key" if item.key in seen else _process(item, tok, opts)
@@ -134,8 +139,11 @@ def prepare_output(out: Path, tokenizer: Path, opts: BuildOptions) -> None:
                              "tokenizer; use a new output directory")
     else:
         tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.copyfile(tokenizer, tmp)
-        tmp.replace(dest)
+        try:
+            shutil.copyfile(tokenizer, tmp)
+            tmp.replace(dest)
+        finally:
+            tmp.unlink(missing_ok=True)
     options = out / "build_options.json"
     if options.exists():
         if load_json(options) != opts.to_dict():
@@ -162,13 +170,17 @@ def write_manifest(out: Path, names: list[str], opts: BuildOptions, command: str
         if not done.is_file():
             return None
         records.append(load_json(done))
-    tok = Tokenizer(out / opts.tokenizer_file)
     skipped: dict[str, dict] = {}
     for rec in records:
         for reason, info in rec["skipped"].items():
             agg = skipped.setdefault(reason, {"count": 0, "examples": []})
             agg["count"] += info["count"]
             agg["examples"] = (agg["examples"] + info["examples"])[:EXAMPLES_PER_REASON]
+    if not any(rec["samples"] for rec in records):
+        for name in names:  # not finished: a rerun after fixing the inputs reads them again
+            (out / "shards" / f"{name}.done.json").unlink(missing_ok=True)
+        raise InputError(_no_samples_message([rec["source"] for rec in records], skipped))
+    tok = Tokenizer(out / opts.tokenizer_file)
     manifest = {
         "format": FORMAT, "schema_version": SCHEMA_VERSION,
         "tokenizer": tok.describe() | {"file": opts.tokenizer_file},
@@ -184,14 +196,24 @@ def write_manifest(out: Path, names: list[str], opts: BuildOptions, command: str
     return manifest
 
 
+def _no_samples_message(sources: list[str], skipped: dict[str, dict]) -> str:
+    files = ", ".join(sources[:5]) + (f" and {len(sources) - 5} more" if len(sources) > 5 else "")
+    reasons = ", ".join(f"{info['count']} {reason}" for reason, info in skipped.items()) or "no rows or samples"
+    return (f"no usable samples in {files}: {reasons}; check the files and --image-column, --caption-field, "
+            "--caption-source (a build with other options needs a new --out directory)")
+
+
 def build(inputs: list[Path], out: Path, tokenizer: Path, opts: BuildOptions, *, num_workers: int = 1,
           shard_index: int = 0, num_shard_groups: int = 1, command: str = "", quiet: bool = False) -> dict | None:
     names = shard_names(inputs)
-    prepare_output(out, tokenizer, opts)
     mine = [(p, n) for i, (p, n) in enumerate(zip(inputs, names)) if i % num_shard_groups == shard_index]
     todo = [(p, n) for p, n in mine if not (out / "shards" / f"{n}.done.json").is_file()]
+    Tokenizer(tokenizer)  # unreadable inputs, tokenizers and column-mapping mistakes fail before anything is written
+    for p, _ in todo:
+        check_input(p, opts.source)
+    prepare_output(out, tokenizer, opts)
     if not quiet:
-        print(f"genlip-data build: {len(inputs)} input file(s), this task: {len(mine)}, "
+        print(f"{len(inputs)} input file(s), this task: {len(mine)}, "
               f"already done: {len(mine) - len(todo)}, to build: {len(todo)}", file=sys.stderr)
     t0 = time.perf_counter()
     if todo:
@@ -250,6 +272,13 @@ def add_parser(sub) -> None:
     ap.add_argument("--image-column", default="image", help="table column with the image path or bytes")
     ap.add_argument("--key-column", default=None, help="table column with the sample key (default: row number)")
     ap.add_argument("--max-text-tokens", type=int, default=1024, help="skip captions longer than this")
+    limits = ImageLimits()
+    ap.add_argument("--max-image-bytes", type=int, default=limits.max_bytes,
+                    help="skip image files/members bigger than this, unread (default: %(default)s)")
+    ap.add_argument("--max-image-pixels", type=int, default=limits.max_pixels,
+                    help="skip images with more pixels than this, from the header, undecoded (default: %(default)s)")
+    ap.add_argument("--max-aspect-ratio", type=float, default=limits.max_aspect_ratio,
+                    help="skip images whose long side exceeds this many times the short one (default: %(default)s)")
     ap.add_argument("--num-workers", type=int, default=1, help="processes (one shard at a time each)")
     ap.add_argument("--shard-index", type=int, default=0, help="this task's index in a job array")
     ap.add_argument("--num-shard-groups", type=int, default=1, help="number of tasks in the job array")
@@ -266,10 +295,17 @@ def run(args) -> int:
                      min_patches=args.min_patches, max_patches=args.max_patches, encoding=args.encoding,
                      quality=args.quality)
     mode.validate()
+    limits = ImageLimits(max_bytes=args.max_image_bytes, max_pixels=args.max_image_pixels,
+                         max_aspect_ratio=args.max_aspect_ratio)
+    limits.validate()
+    if args.num_workers < 1 or args.max_text_tokens < 1:
+        raise InputError(f"--num-workers ({args.num_workers}) and --max-text-tokens ({args.max_text_tokens}) "
+                         "must be at least 1")
     source = SourceOptions(caption_field=args.caption_field, caption_source=args.caption_source,
                            instruction_field=args.instruction_field, image_column=args.image_column,
                            key_column=args.key_column)
-    opts = BuildOptions(image=mode, source=source, prompt=args.prompt, max_text_tokens=args.max_text_tokens,
+    opts = BuildOptions(image=mode, source=source, limits=limits, prompt=args.prompt,
+                        max_text_tokens=args.max_text_tokens,
                         tokenizer_file="tokenizer" + (".json" if args.tokenizer.suffix == ".json" else ".model"))
     inputs = expand_inputs(args.inputs)
     # The recorded command leaves out what only splits the work (so every array task records the same one)

@@ -6,8 +6,7 @@ import argparse
 import sys
 
 from data_tools import build, inspect_data, pack, tokenizer, verify
-from genlip.data.shards import DatasetError
-from genlip.data.sources import InputError
+from genlip.errors import cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,14 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except (InputError, DatasetError, FileNotFoundError, ValueError) as e:
-        print(f"genlip-data {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"genlip-data {args.command}: interrupted; rerun the same command to finish", file=sys.stderr)
-        return 130
+    return cli_main(f"genlip-data {args.command}", lambda: args.run(args))
 
 
 if __name__ == "__main__":

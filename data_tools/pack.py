@@ -11,12 +11,13 @@ import argparse
 import multiprocessing as mp
 from pathlib import Path
 
-from genlip.data.loader import RowSource
 from genlip.data.packing import PackingSpec
 from genlip.data.shards import open_dataset
 
 
 def _build(args):
+    from genlip.data.loader import RowSource  # imports torch: not at `genlip-data --help` time
+
     root, spec, epoch = args
     source = RowSource(open_dataset(root, check="none"), spec)
     fill = source.plan.build(epoch)

@@ -2,26 +2,32 @@
 
 Read by `genlip-data` (building shards) and `genlip-eval` (evaluating on raw data). Each input file
 yields `RawSample`s or `Skip`s. Tar members are paired by sample key (the member path up
-to the first dot of its file name, as webdataset does), never by file order. Problems with one sample
-are `Skip`s with a reason and never stop the file; a missing or unreadable input file is an error.
+to the first dot of its file name, as webdataset does) and, as webdataset does, a sample's members are
+contiguous: a key that comes back later is a `duplicate_key`. Problems with one sample are `Skip`s with a
+reason and never stop the file; reads are bounded (MAX_TEXT_BYTES, MAX_ROW_BYTES, ImageLimits.max_bytes);
+a missing or unreadable input file, or a table without the named columns, is an error.
 """
 
 from __future__ import annotations
-
-from genlip.errors import UserError
 
 import csv
 import glob
 import json
 import tarfile
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from genlip.data.images import BadImage, ImageLimits, check_limits, read_image_file
+from genlip.errors import UserError
+
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TABLE_SUFFIXES = (".jsonl", ".csv", ".parquet")
 INPUT_SUFFIXES = (".tar",) + TABLE_SUFFIXES
+MAX_TEXT_BYTES = 1 << 20
+"""Longest caption, instruction or tar text member read; a longer one is skipped as caption_too_long."""
+MAX_ROW_BYTES = 16 << 20
+"""Longest JSONL line or CSV field parsed (bounds memory); a longer one is skipped as bad_row."""
 
 
 class InputError(UserError):
@@ -73,38 +79,53 @@ def _split_key(name: str) -> tuple[str, str]:
     return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
-def iter_tar(path: Path, opts: SourceOptions, *, captions_only: bool = False,
-             label_field: str | None = None) -> Iterator[RawSample | Skip]:
-    """Samples of one tar shard; a truncated tar yields its complete samples, then a Skip.
+def _open_tar(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, mode="r:")
+    except tarfile.ReadError as e:
+        raise InputError(f"{path}: not a readable tar file ({e}); check the file or leave it out") from None
+
+
+def iter_tar(path: Path, opts: SourceOptions, *, captions_only: bool = False, label_field: str | None = None,
+             limits: ImageLimits = ImageLimits()) -> Iterator[RawSample | Skip]:
+    """Samples of one tar shard, read in one pass; a truncated tar yields its complete samples, then a Skip.
 
     `label_field`: "cls" reads the label from `KEY.cls` (webdataset's class member), any other name from
     that field of `KEY.json`."""
-    groups: OrderedDict[str, dict[str, tarfile.TarInfo]] = OrderedDict()
-    truncated = False
-    try:
-        tf = tarfile.open(path, mode="r:")
-    except tarfile.ReadError as e:
-        raise InputError(f"{path}: not a readable tar file ({e})") from None
-    with tf:
+    seen: set[str] = set()
+    key, members, duplicate, truncated = None, {}, False, False
+    with _open_tar(path) as tf:
         try:
             for m in tf:
-                if m.isfile():
-                    key, ext = _split_key(m.name)
-                    groups.setdefault(key, {})[ext] = m
+                if not m.isfile():
+                    continue
+                k, ext = _split_key(m.name)
+                if k == key and ext not in members:
+                    members[ext] = m
+                    continue
+                if key is not None:
+                    yield _tar_sample(tf, key, None if duplicate else members, opts, captions_only, label_field,
+                                      limits)
+                # A key seen before, or an extension repeated inside one group, starts a duplicate sample.
+                key, members, duplicate = k, {ext: m}, k in seen
+                seen.add(k)
         except (tarfile.ReadError, EOFError, OSError):
-            truncated = True
-        for key, members in groups.items():
-            try:
-                yield _tar_sample(tf, key, members, opts, captions_only, label_field)
-            except (tarfile.ReadError, EOFError, OSError):
-                truncated = True
-                yield Skip(key, "truncated_tar")
+            truncated = True  # the group being read may miss members
+        if key is not None:
+            yield Skip(key, "truncated_tar") if truncated else \
+                _tar_sample(tf, key, None if duplicate else members, opts, captions_only, label_field, limits)
     if truncated:
         yield Skip(f"{path.name}:<end>", "truncated_tar")
 
 
-def _read(tf: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
-    data = tf.extractfile(m).read()
+class _TooLong(Exception):
+    """A tar member bigger than its read limit."""
+
+
+def _read(tf: tarfile.TarFile, m: tarfile.TarInfo, limit: int = MAX_TEXT_BYTES) -> bytes:
+    if m.size > limit:
+        raise _TooLong(m.name)
+    data = tf.extractfile(m).read(limit)
     if len(data) != m.size:
         raise EOFError(f"member {m.name} is cut short")
     return data
@@ -119,8 +140,23 @@ def _label(value) -> str | None:
     return None
 
 
-def _tar_sample(tf, key, members, opts: SourceOptions, captions_only: bool,
-                label_field: str | None = None) -> RawSample | Skip:
+def _tar_sample(tf, key, members, opts: SourceOptions, captions_only: bool, label_field: str | None,
+                limits: ImageLimits) -> RawSample | Skip:
+    """The sample of one group of members (None: a duplicate key), or a Skip; never raises for bad data."""
+    if members is None:
+        return Skip(key, "duplicate_key")
+    try:
+        return _tar_members(tf, key, members, opts, captions_only, label_field, limits)
+    except BadImage as e:
+        return Skip(key, e.reason)
+    except _TooLong:
+        return Skip(key, "caption_too_long")
+    except (tarfile.ReadError, EOFError, OSError):
+        return Skip(key, "truncated_tar")
+
+
+def _tar_members(tf, key, members, opts: SourceOptions, captions_only: bool, label_field: str | None,
+                 limits: ImageLimits) -> RawSample | Skip:
     meta = None
     if "json" in members:
         raw = _decode_text(_read(tf, members["json"]), key)
@@ -149,37 +185,104 @@ def _tar_sample(tf, key, members, opts: SourceOptions, captions_only: bool,
     image_member = next((members[e] for e in IMAGE_EXTS if e in members), None)
     if captions_only:
         return RawSample(key, None, caption, instruction, label)
-    image = _read(tf, image_member) if image_member is not None else None
+    image = None
+    if image_member is not None:
+        check_limits(limits, nbytes=image_member.size)
+        image = _read(tf, image_member, limits.max_bytes)
     return RawSample(key, image, caption, instruction if isinstance(instruction, str) else None, label)
 
 
-def _table_rows(path: Path) -> Iterator[dict | Skip]:
-    if path.suffix == ".jsonl":
-        with open(path, "rb") as f:
-            for n, line in enumerate(f):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    yield Skip(f"row{n}", "bad_row")
-                    continue
-                yield row if isinstance(row, dict) else Skip(f"row{n}", "bad_row")
-    elif path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-            yield from csv.DictReader(f)
-    else:
-        import pyarrow.parquet as pq
+def _jsonl_rows(path: Path) -> Iterator[dict | Skip]:
+    with open(path, "rb") as f:
+        n = -1
+        while line := f.readline(MAX_ROW_BYTES + 1):
+            n += 1
+            if len(line) > MAX_ROW_BYTES:
+                while line and not line.endswith(b"\n"):  # skip the rest of the over-long line
+                    line = f.readline(MAX_ROW_BYTES)
+                yield Skip(f"row{n}", "bad_row")
+                continue
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                row = None
+            yield row if isinstance(row, dict) else Skip(f"row{n}", "bad_row")
 
+
+def _csv_rows(path: Path) -> Iterator[dict | Skip]:
+    csv.field_size_limit(MAX_ROW_BYTES)
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        rows = csv.DictReader(f)
+        n = 0
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except csv.Error:  # NOTE: the reader resumes at the next line, so one bad row costs one row
+                row = Skip(f"row{n}", "bad_row")
+            n += 1
+            yield row
+
+
+def _parquet_rows(path: Path) -> Iterator[dict | Skip]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
             yield from batch.to_pylist()
+    except (pa.ArrowException, OSError):  # corrupt past the footer: keep the rows read, count the rest
+        yield Skip(f"{path.name}:<end>", "corrupt_table")
 
 
-def iter_table(path: Path, opts: SourceOptions, *, captions_only: bool = False,
-               label_field: str | None = None) -> Iterator[RawSample | Skip]:
+def table_columns(path: Path) -> list[str] | None:
+    """Column names of a CSV (header row) or Parquet (schema) file; None for JSONL, which has no header."""
+    if path.suffix == ".csv":
+        csv.field_size_limit(MAX_ROW_BYTES)
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            try:
+                return next(csv.reader(f), [])
+            except csv.Error as e:
+                raise InputError(f"{path}: unreadable CSV header ({e}); check the file") from None
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_schema(path).names
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"{path}: not a readable Parquet file ({e}); check the file or leave it out") from None
+    return None
+
+
+def check_input(path: Path, opts: SourceOptions, *, captions_only: bool = False,
+                label_field: str | None = None) -> None:
+    """Raise InputError if `path` cannot be read at all, or is a table missing a column the options name."""
+    if path.suffix == ".tar":
+        _open_tar(path).close()
+        return
+    columns = table_columns(path)
+    if columns is None:
+        return
+    # Instructions and keys are optional per row (several tables may share one build), images and captions not.
+    wanted = [("--image-column", None if captions_only else opts.image_column),
+              ("--caption-field", None if label_field else opts.caption_field)]
+    for option, column in wanted:
+        if column is not None and column not in columns:
+            raise InputError(f"{path} has no column {column!r} (its columns: {', '.join(columns) or 'none'}); "
+                             f"name the right one with {option}")
+
+
+def iter_table(path: Path, opts: SourceOptions, *, captions_only: bool = False, label_field: str | None = None,
+               limits: ImageLimits = ImageLimits()) -> Iterator[RawSample | Skip]:
     """Rows of a JSONL/CSV/Parquet file naming an image file (relative to the table) or holding its bytes;
     `label_field` names the column holding a class label."""
-    for n, row in enumerate(_table_rows(path)):
+    check_input(path, opts, captions_only=captions_only, label_field=label_field)
+    rows = {".jsonl": _jsonl_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}[path.suffix](path)
+    for n, row in enumerate(rows):
         if isinstance(row, Skip):
             yield row
             continue
@@ -194,40 +297,41 @@ def iter_table(path: Path, opts: SourceOptions, *, captions_only: bool = False,
         if isinstance(caption, str) and any(0xDC80 <= ord(ch) <= 0xDCFF for ch in caption):
             yield Skip(key, "non_utf8_caption")  # CSV bytes that were not UTF-8 (surrogateescape)
             continue
+        if isinstance(caption, str) and len(caption) > MAX_TEXT_BYTES:
+            yield Skip(key, "caption_too_long")
+            continue
         instruction = row.get(opts.instruction_field) if opts.instruction_field else None
         label = _label(row.get(label_field)) if label_field else None
         if captions_only:
             yield RawSample(key, None, caption if isinstance(caption, str) else None, instruction, label)
             continue
-        image = _table_image(path, row.get(opts.image_column))
-        if isinstance(image, str):
-            yield Skip(key, image)
+        try:
+            image = _table_image(path, row.get(opts.image_column), limits)
+        except BadImage as e:
+            yield Skip(key, e.reason)
             continue
         yield RawSample(key, image, caption if isinstance(caption, str) else None,
                         instruction if isinstance(instruction, str) else None, label)
 
 
-def _table_image(table: Path, value) -> bytes | str:
-    """Image bytes, or a skip reason."""
+def _table_image(table: Path, value, limits: ImageLimits) -> bytes:
+    """Image bytes from a cell (bytes, or a path relative to the table); raises BadImage with a skip reason."""
     if isinstance(value, dict):  # Hugging Face datasets' Image feature: {"bytes": ..., "path": ...}
         value = value.get("bytes") or value.get("path")
     if isinstance(value, (bytes, bytearray)):
+        check_limits(limits, nbytes=len(value))
         return bytes(value)
     if not isinstance(value, str) or not value:
-        return "missing_image"
-    path = Path(value) if Path(value).is_absolute() else table.parent / value
-    try:
-        return path.read_bytes()
-    except OSError:
-        return "missing_image"
+        raise BadImage("missing_image")
+    return read_image_file(Path(value) if Path(value).is_absolute() else table.parent / value, limits)
 
 
-def iter_source(path: Path, opts: SourceOptions, *, captions_only: bool = False,
-                label_field: str | None = None) -> Iterator[RawSample | Skip]:
+def iter_source(path: Path, opts: SourceOptions, *, captions_only: bool = False, label_field: str | None = None,
+                limits: ImageLimits = ImageLimits()) -> Iterator[RawSample | Skip]:
     if path.suffix == ".tar":
-        return iter_tar(path, opts, captions_only=captions_only, label_field=label_field)
+        return iter_tar(path, opts, captions_only=captions_only, label_field=label_field, limits=limits)
     if path.suffix in TABLE_SUFFIXES:
-        return iter_table(path, opts, captions_only=captions_only, label_field=label_field)
+        return iter_table(path, opts, captions_only=captions_only, label_field=label_field, limits=limits)
     raise InputError(f"{path}: unsupported input type; expected one of {', '.join(INPUT_SUFFIXES)}")
 
 
@@ -269,4 +373,4 @@ def _readable(p: Path) -> bool:
         return False
 
 
-__all__ = ["InputError", "RawSample", "Skip", "SourceOptions", "expand_inputs", "iter_source"]
+__all__ = ["InputError", "RawSample", "Skip", "SourceOptions", "check_input", "expand_inputs", "iter_source"]

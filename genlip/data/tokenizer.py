@@ -9,9 +9,12 @@ sentencepiece models it is the single user-defined piece `<|im_end|>` (sentencep
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from pathlib import Path
 from typing import Iterable
+
+from genlip.errors import UserError
 
 END_MARKER = "<|im_end|>"
 STAGE1_PROMPT = "Describe the image in detail."
@@ -33,7 +36,16 @@ class Tokenizer:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"tokenizer file {self.path} does not exist")
+            raise FileNotFoundError(errno.ENOENT, "tokenizer file does not exist", str(self.path))
+        try:
+            self._load()
+        except UserError:
+            raise
+        except Exception as e:  # sentencepiece raises RuntimeError/OSError, `tokenizers` a bare Exception
+            raise UserError(f"tokenizer {self.path} cannot be loaded ({type(e).__name__}: {str(e)[:200]}); give a "
+                            "sentencepiece .model (e.g. from `genlip-data tokenizer`) or a HF tokenizer.json") from None
+
+    def _load(self) -> None:
         if self.path.suffix == ".json":
             from tokenizers import Tokenizer as HFTokenizer
 
@@ -52,7 +64,8 @@ class Tokenizer:
             end = self._tok.piece_to_id(END_MARKER)
             self.end_ids = [end] if end != self._tok.unk_id() else []
         if not self.end_ids:
-            raise ValueError(f"tokenizer {self.path} has no {END_MARKER!r} token to mark the end of a caption")
+            raise UserError(f"tokenizer {self.path} has no {END_MARKER!r} token to mark the end of a caption; "
+                            "train one with `genlip-data tokenizer` or add the token")
 
     def encode(self, text: str) -> list[int]:
         text = text.strip()
@@ -78,8 +91,15 @@ class Tokenizer:
 
 def train_sentencepiece(texts: Iterable[str], model_path: str | Path, *, vocab_size: int = 8000,
                         model_type: str = "unigram", character_coverage: float = 0.9995,
-                        max_sentences: int = 2_000_000, seed: int = 0) -> Path:
-    """Train a sentencepiece model on caption texts; writes `model_path` (a `.model` file)."""
+                        max_sentences: int = 2_000_000, seed: int = 0, byte_fallback: bool = False,
+                        prompts: Iterable[str] = ()) -> Path:
+    """Train a sentencepiece model on caption texts; writes `model_path` (a `.model` file).
+
+    `byte_fallback`: characters outside the vocabulary (rare capitals of a small corpus, any non-ASCII) become
+    UTF-8 byte pieces instead of `<unk>`, so every text decodes back exactly; the 256 byte pieces come on top
+    of `vocab_size`, so the learned pieces are the same with or without them.
+    `prompts`: instructions kept whole as one piece each, however rare in `texts`. `genlip-data tokenizer`
+    turns both on; the defaults keep tokenizers trained by earlier versions reproducible."""
     import sentencepiece as spm
 
     model_path = Path(model_path)
@@ -89,14 +109,20 @@ def train_sentencepiece(texts: Iterable[str], model_path: str | Path, *, vocab_s
     spm.SentencePieceTrainer.train(
         sentence_iterator=(s for s in sentences if s),
         model_prefix=str(model_path.with_suffix("")),
-        vocab_size=vocab_size,
+        vocab_size=vocab_size + (256 if byte_fallback else 0),
         model_type=model_type,
         character_coverage=character_coverage,
         input_sentence_size=max_sentences,
         shuffle_input_sentence=True,
-        user_defined_symbols=[END_MARKER],
+        user_defined_symbols=[END_MARKER, *(prompt_piece(p) for p in prompts)],
+        byte_fallback=byte_fallback,
         hard_vocab_limit=False,
         num_threads=1,
         minloglevel=2,
     )
     return model_path.with_suffix(".model")
+
+
+def prompt_piece(prompt: str) -> str:
+    """A prompt as sentencepiece sees it after normalisation (spaces as U+2581, one leading), to match it whole."""
+    return "\u2581" + "\u2581".join(prompt.split())
