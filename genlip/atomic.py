@@ -13,11 +13,15 @@ import numpy as np
 def atomic_write(path: str | Path, data: bytes | str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # disk full, I/O error, interrupted: leave the old file and no temporary one
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_json(path: str | Path, obj) -> None:

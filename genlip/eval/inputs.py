@@ -23,7 +23,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from genlip.data.images import BadImage, ImageMode, decode_stored, load_image, patchify_uint8, resize_for_mode
+from genlip.data.images import (BadImage, ImageLimits, ImageMode, decode_stored, load_image, patchify_uint8,
+                                 read_image_file, resize_for_mode)
 from genlip.data.shards import DatasetError, open_dataset, read_sample
 from genlip.data.sources import IMAGE_EXTS, INPUT_SUFFIXES, InputError, RawSample, Skip, SourceOptions, iter_source
 from genlip.data.tokenizer import STAGE1_PROMPT, Tokenizer
@@ -278,7 +279,7 @@ class EvalData:
         for folder in sorted(d for d in root.iterdir() if d.is_dir()):
             for f in _images_in(folder):
                 sample = EvalSample(-1, f"{root.name}/{folder.name}/{f.name}", None, None, prompt, folder.name)
-                yield sample, (lambda f=f: self._resize(f.read_bytes()))
+                yield sample, (lambda f=f: self._resize(read_image_file(f, ImageLimits())))
 
     def _raw_samples(self, path: Path):
         prompt = self._prompt_ids()
