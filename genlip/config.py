@@ -73,7 +73,7 @@ class OptimSection:
     """AdamW and the learning-rate schedule (counted in samples)."""
 
     lr: float = 1e-3
-    """Peak learning rate (1e-3 stage 1, 1e-4 stage 2)."""
+    """Peak learning rate (1e-3 stage 1, 1e-4 stage 2; 0 freezes the weights)."""
     min_lr: float = 1e-6
     """Cosine floor."""
     betas: list = field(default_factory=lambda: [0.9, 0.95])
@@ -130,7 +130,7 @@ class TrainSection:
     save_interval: int = 1000
     """Steps between checkpoints (0: only at the end and on signals)."""
     keep_last: int = 3
-    """Checkpoints kept (older ones are deleted after a new one is complete)."""
+    """Checkpoints kept (older ones are deleted after a new one is complete; 0: keep all)."""
     save_failure: str = "stop"
     """When writing a checkpoint fails (disk full, I/O error): stop (exit 74, older checkpoints intact) or warn
     (log it and keep training)."""
@@ -286,12 +286,12 @@ _FRACTION, _OPEN_FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)"), (lambda v: 0 < 
 RANGES = {
     "data.seq_len": (lambda v: v >= 16, ">= 16"), "data.max_samples_per_row": _AT_LEAST_1, "data.seed": _NON_NEGATIVE,
     "data.num_workers": _NON_NEGATIVE, "data.pad_vocab_to": _AT_LEAST_1, "data.weights": _POSITIVE,
-    "optim.lr": _POSITIVE, "optim.min_lr": _NON_NEGATIVE, "optim.betas": _FRACTION, "optim.eps": _POSITIVE,
+    "optim.lr": _NON_NEGATIVE, "optim.min_lr": _NON_NEGATIVE, "optim.betas": _FRACTION, "optim.eps": _POSITIVE,
     "optim.weight_decay": _NON_NEGATIVE, "optim.warmup_ratio": _FRACTION, "optim.grad_clip": _NON_NEGATIVE,
     "parallel.tp": _AT_LEAST_1, "parallel.pp": _AT_LEAST_1, "parallel.zero_stage": (lambda v: v in (0, 1, 2, 3), "0, 1, 2 or 3"),
     "train.total_samples": _POSITIVE, "train.global_batch_rows": _AT_LEAST_1, "train.micro_batch_rows": _AT_LEAST_1,
     "train.seed": _NON_NEGATIVE, "train.log_interval": _AT_LEAST_1, "train.eval_interval": _NON_NEGATIVE,
-    "train.eval_rows": _NON_NEGATIVE, "train.save_interval": _NON_NEGATIVE, "train.keep_last": _AT_LEAST_1,
+    "train.eval_rows": _NON_NEGATIVE, "train.save_interval": _NON_NEGATIVE, "train.keep_last": _NON_NEGATIVE,
     "train.time_limit_minutes": _NON_NEGATIVE, "train.max_bad_steps": _AT_LEAST_1, "train.max_steps": _NON_NEGATIVE,
     "train.debug_nan_steps": _AT_LEAST_1, "train.debug_save_fail_steps": _AT_LEAST_1,
     "eval.interval": _NON_NEGATIVE, "eval.probe_test_fraction": _OPEN_FRACTION, "eval.image_size": _AT_LEAST_1,
