@@ -13,7 +13,7 @@ K samples per row at most.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -69,6 +69,16 @@ def blend_schedule(weights: list[float], block: int = BLEND_BLOCK) -> tuple[np.n
     return which, rank, counts
 
 
+def sample_lengths(ds: ShardDataset, prompt_len: int) -> np.ndarray:
+    """Slots per sample (int32), filled shard by shard: `ds.lengths` builds int64 per shard and then joins
+    them, four times the memory at its peak (16 GB instead of 4 GB for a billion samples) in the packing process."""
+    out = np.empty(ds.num_samples, dtype=np.int32)
+    for sh, start in zip(ds.shards, ds.offsets[:-1].tolist()):
+        n = replace(ds, shards=[sh]).lengths(prompt_len)
+        out[start:start + len(n)] = np.minimum(n, np.iinfo(np.int32).max)  # longer never fits a row anyway
+    return out
+
+
 class RowSource:
     """Rows of one dataset across epochs: dataset row j -> samples (global indices of the dataset)."""
 
@@ -76,7 +86,7 @@ class RowSource:
         self.ds = ds
         prompt_len = len(ds.manifest["prompt"]["ids"])
         self.plan = PackingPlan(ds.root, spec, num_samples=ds.num_samples, dataset_id=manifest_hash(ds.root),
-                                lengths=lambda: ds.lengths(prompt_len))
+                                lengths=lambda: sample_lengths(ds, prompt_len))
         self._epoch_starts = [0]  # first dataset row of each epoch computed so far
 
     def locate(self, j: int) -> tuple[int, int]:

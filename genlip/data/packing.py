@@ -2,28 +2,36 @@
 
 A plan is a pure function of (sample lengths, seed, epoch, token budget, max samples per row). The epoch's
 order is a seeded permutation; it is cut into windows, each window is packed best-fit decreasing (a row
-keeps taking the largest sample that still fits), and the window's rows are shuffled. Rows never split a sample and never exceed the budget. Each
-epoch is stored as two `.npy` files (row offsets, sample ids), memory-mapped at training time, so no
-epoch but the current one needs to be in memory.
+keeps taking the largest sample that still fits), and the window's rows are shuffled. Rows never split a
+sample and never exceed the budget. Each epoch is stored as two `.npy` files (row offsets, sample ids),
+memory-mapped at training time, so no epoch but the current one needs to be in memory.
 
     DATASET/packing/b{budget}_k{max_samples}_s{seed}/plan.json
     DATASET/packing/b{budget}_k{max_samples}_s{seed}/epoch_00003.{rows,samples}.npy
+
+Scale (benchmarks/data_scale.py): both files are int32 below 2**31 samples, int64 above (plans written
+before are int64 throughout and read as they are: the `.npy` header names the dtype, the values are the
+same). An epoch is built window by window and streamed to disk, so building one holds the lengths and the
+permutation (4 bytes per sample each) and little else: about 8 GB for a billion samples.
 """
 
 from __future__ import annotations
 
 import bisect
+import fcntl
 import json
+import os
+import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from genlip.atomic import atomic_save_npy, atomic_write_json
+from genlip.atomic import atomic_write_json
 from genlip.data.manifest import DatasetError
 
-PLAN_VERSION = 1
+PLAN_VERSION = 1  # the values of a plan are unchanged since version 1; only their dtype narrowed
 
 
 @dataclass(frozen=True)
@@ -44,51 +52,132 @@ class PackingSpec:
         return f"b{self.budget}_k{self.max_samples_per_row}_s{self.seed}"
 
 
-def _pack_window(lengths: np.ndarray, budget: int, max_k: int) -> list[np.ndarray]:
-    """Rows of positions into `lengths` (one window): best-fit decreasing, a row keeps taking the largest
-    sample that still fits, so its leftover is smaller than every sample still unplaced."""
-    order = np.argsort(lengths, kind="stable")
-    values, starts = np.unique(lengths[order], return_index=True)
-    stacks = {int(v): order[a:b].tolist() for v, a, b in zip(values, starts, list(starts[1:]) + [len(order)])}
-    keys = [int(v) for v in values]  # ascending lengths that still have samples
-    rows = []
+def index_dtype(num_samples: int) -> np.dtype:
+    """dtype of a plan's sample ids and row offsets (both at most `num_samples`)."""
+    return np.dtype(np.int32 if num_samples < 2**31 else np.int64)
+
+
+def _pack_window(lengths: np.ndarray, budget: int, max_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions into `lengths` row after row, samples per row) of one window: best-fit decreasing, a row
+    keeps taking the largest sample that still fits, so its leftover is smaller than every sample still
+    unplaced. Equal lengths are taken last position first.
+
+    NOTE: once length v is the largest that fits, the row keeps taking v while the room allows (every
+    longer sample is already too long), so one step takes all of those at once: the same rows as taking
+    them one by one, with a Python step per run of equal lengths instead of per sample."""
+    # NOTE: numpy's stable sort of 16-bit integers is a radix sort, 7x faster than of int32 (same order)
+    order = np.argsort(lengths.astype(np.uint16) if budget < 2**16 else lengths, kind="stable")
+    ordered = lengths[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    keys = ordered[starts].tolist()  # ascending lengths that still have samples
+    low = dict(zip(keys, starts.tolist()))  # samples of length v: order[low[v]:high[v]], taken from the end
+    high = dict(zip(keys, starts[1:].tolist() + [len(order)]))
+    take_end, take_n, sizes = [], [], []  # a take: order[end - 1], order[end - 2], ... (n of them)
+    bisect_right = bisect.bisect_right
     while keys:
-        row, room = [], budget
-        while len(row) < max_k:
-            k = bisect.bisect_right(keys, room) - 1
+        room, n, k = budget, 0, len(keys)
+        while n < max_k:
+            k = bisect_right(keys, room, 0, k) - 1  # room only shrinks: search below the last key taken
             if k < 0:
                 break
             v = keys[k]
-            row.append(stacks[v].pop())
-            room -= v
-            if not stacks[v]:
+            end = high[v]
+            left = end - low[v]
+            m = left if not v or left * v <= room else room // v
+            if m > max_k - n:
+                m = max_k - n
+            take_end.append(end)
+            take_n.append(m)
+            high[v], room, n = end - m, room - m * v, n + m
+            if m == left:
                 del keys[k]
-        rows.append(np.asarray(row, dtype=np.int64))
-    return rows
+            else:
+                k += 1
+        sizes.append(n)
+    take_n = np.asarray(take_n, dtype=np.int64)
+    first = np.cumsum(take_n) - take_n
+    flat = order[np.repeat(np.asarray(take_end, dtype=np.int64) - 1 + first, take_n) - np.arange(len(order))]
+    return flat, np.asarray(sizes, dtype=np.int64)
+
+
+def _check_lengths(lengths: np.ndarray, budget: int) -> None:
+    if len(lengths) and lengths.max() > budget:  # NOTE: max() first: no N-sized temporary in the common case
+        i = int(np.flatnonzero(lengths > budget)[0])
+        raise ValueError(f"sample {i} has {int(lengths[i])} tokens, more than the packing budget {budget}; raise "
+                         "the budget or rebuild with fewer max patches")
+    if len(lengths) and lengths.min() < 0:
+        raise ValueError(f"sample {int(np.argmin(lengths))} has a negative length")
+
+
+def _as_lengths(lengths) -> np.ndarray:
+    """Integer lengths without a copy when they already are (int32 for a billion samples is 4 GB)."""
+    lengths = np.asarray(lengths)
+    return lengths if lengths.dtype.kind in "iu" else lengths.astype(np.int64)
+
+
+def iter_epoch(lengths: np.ndarray, spec: PackingSpec, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch, window after window: (sample ids in row order, samples per row). The sample ids of all
+    windows together are the epoch's `samples`, the row sizes its `row_offsets` differences."""
+    lengths = _as_lengths(lengths)
+    _check_lengths(lengths, spec.budget)
+    # NOTE: Generator.permutation(n) is shuffle(arange(n)) in int64; shuffling an int32 arange draws the
+    # same numbers, so the order is the same at half the memory.
+    perm = np.arange(len(lengths), dtype=index_dtype(len(lengths)))
+    np.random.default_rng([spec.seed, epoch]).shuffle(perm)
+    for w, start in enumerate(range(0, len(perm), spec.window)):
+        idx = perm[start:start + spec.window]
+        flat, sizes = _pack_window(lengths[idx], spec.budget, spec.max_samples_per_row)
+        order = np.random.default_rng([spec.seed, epoch, w]).permutation(len(sizes))
+        first = np.cumsum(sizes) - sizes  # where each row starts in `flat`
+        shuffled = sizes[order]
+        gather = np.repeat(first[order] - (np.cumsum(shuffled) - shuffled), shuffled) + np.arange(len(flat))
+        yield idx[flat[gather]], shuffled
 
 
 def pack_epoch(lengths: np.ndarray, spec: PackingSpec, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row_offsets [R+1] int64, samples [N] int64) for one epoch."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    too_long = np.flatnonzero(lengths > spec.budget)
-    if len(too_long):
-        raise ValueError(f"sample {int(too_long[0])} has {int(lengths[too_long[0]])} tokens, more than the "
-                         f"packing budget {spec.budget}; raise the budget or rebuild with fewer max patches")
-    perm = np.random.default_rng([spec.seed, epoch]).permutation(len(lengths))
-    samples, offsets = [], [0]
-    for w, start in enumerate(range(0, len(perm), spec.window)):
-        idx = perm[start:start + spec.window]
-        rows = _pack_window(lengths[idx], spec.budget, spec.max_samples_per_row)
-        for r in np.random.default_rng([spec.seed, epoch, w]).permutation(len(rows)):
-            samples.append(idx[rows[r]])
-            offsets.append(offsets[-1] + len(rows[r]))
-    flat = np.concatenate(samples) if samples else np.zeros(0, np.int64)
-    return np.asarray(offsets, dtype=np.int64), flat.astype(np.int64)
+    """(row_offsets [R+1], samples [N]) for one epoch, in memory, both of `index_dtype(N)`."""
+    dtype = index_dtype(len(lengths))
+    parts = list(iter_epoch(lengths, spec, epoch))
+    samples = np.concatenate([p for p, _ in parts]).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+    sizes = np.concatenate([s for _, s in parts]) if parts else np.zeros(0, np.int64)
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(dtype), samples
 
 
 def fill_rate(lengths: np.ndarray, row_offsets: np.ndarray, budget: int) -> float:
     rows = len(row_offsets) - 1
-    return float(np.asarray(lengths, dtype=np.int64).sum()) / (rows * budget) if rows else 0.0
+    return float(np.asarray(lengths).sum(dtype=np.int64)) / (rows * budget) if rows else 0.0
+
+
+def _save_npy_stream(path: Path, dtype: np.dtype, count: int, chunks: Iterable[np.ndarray]) -> None:
+    """Write `count` values arriving in chunks as one `.npy`, under a temporary name renamed when complete
+    (as genlip.atomic does for whole arrays), without ever holding the whole array."""
+    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")  # builders on other nodes
+    try:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                     "fortran_order": False, "shape": (count,)})
+            written = 0
+            for chunk in chunks:
+                f.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
+                written += len(chunk)
+            if written != count:
+                raise RuntimeError(f"{path}: {written} values written, {count} announced")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # disk full, interrupted: no temporary file left behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _offsets(sizes: list[np.ndarray], dtype: np.dtype) -> Iterator[np.ndarray]:
+    """Row offsets [0, s0, s0+s1, ...] chunk by chunk from per-window row sizes."""
+    total = 0
+    yield np.zeros(1, dtype)
+    for s in sizes:
+        ends = total + np.cumsum(s)
+        total = int(ends[-1]) if len(ends) else total
+        yield ends
 
 
 class PackingPlan:
@@ -107,7 +196,7 @@ class PackingPlan:
     def lengths(self) -> np.ndarray:
         if callable(self._lengths):
             self._lengths = self._lengths()
-        return np.asarray(self._lengths, dtype=np.int64)
+        return _as_lengths(self._lengths)
 
     def _paths(self, epoch: int) -> tuple[Path, Path]:
         return self.dir / f"epoch_{epoch:05d}.rows.npy", self.dir / f"epoch_{epoch:05d}.samples.npy"
@@ -125,20 +214,36 @@ class PackingPlan:
             atomic_write_json(path, header)
 
     def build(self, epoch: int) -> float:
-        """Compute and store one epoch (idempotent: concurrent builders write identical files). A dataset
-        with no samples, or with samples longer than a row, is refused before any file is written."""
+        """Compute and store one epoch (idempotent: concurrent builders write identical files; on one host
+        a lock makes the others wait for the first and read its files). A dataset with no samples, or with
+        samples longer than a row, is refused before any file is written."""
         rows_path, samples_path = self._paths(epoch)
         lengths = self.lengths
         if len(lengths) != self.num_samples:
             raise ValueError(f"{len(lengths)} sample lengths for a dataset of {self.num_samples} samples")
         self._check_fits(lengths)
         self._check_header()
-        offsets, samples = pack_epoch(lengths, self.spec, epoch)
-        if len(offsets) < 2:  # cannot happen once _check_fits passed; an empty epoch would make readers spin
-            raise DatasetError(f"{self.root}: epoch {epoch} packs no rows; delete {self.dir} and report this")
-        atomic_save_npy(samples_path, samples)
-        atomic_save_npy(rows_path, offsets)  # written last: its presence marks a complete epoch
-        return fill_rate(lengths, offsets, self.spec.budget)
+        # NOTE: every rank and loader worker that meets a missing epoch comes here; without the lock each
+        # would hold its own copy of the lengths and the permutation (8 GB at a billion samples).
+        with open(self.dir / f".epoch_{epoch:05d}.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            except OSError:  # a file system without locks (some Lustre/NFS mounts): concurrent builds, as before
+                pass
+            if not rows_path.exists():
+                dtype, sizes = index_dtype(len(lengths)), []
+
+                def windows():
+                    for samples, row_sizes in iter_epoch(lengths, self.spec, epoch):
+                        sizes.append(row_sizes.astype(dtype))
+                        yield samples
+
+                _save_npy_stream(samples_path, dtype, len(lengths), windows())
+                rows = sum(len(s) for s in sizes)
+                if rows == 0:  # cannot happen once _check_fits passed; an empty epoch would make readers spin
+                    raise DatasetError(f"{self.root}: epoch {epoch} packs no rows; delete {self.dir} and report this")
+                _save_npy_stream(rows_path, dtype, rows + 1, _offsets(sizes, dtype))  # last: marks it complete
+        return fill_rate(lengths, np.load(rows_path, mmap_mode="r"), self.spec.budget)
 
     def _check_fits(self, lengths: np.ndarray) -> None:
         budget = self.spec.budget
@@ -146,10 +251,11 @@ class PackingPlan:
             raise DatasetError(f"{self.root}: the dataset has no samples, so no row can be packed; rebuild it from "
                                "inputs with valid samples (its manifest.json 'skipped' says why samples were "
                                "dropped) or leave it out")
-        too_long = int((lengths > budget).sum())
-        if too_long:
+        longest = int(lengths.max())
+        if longest > budget:
+            too_long = int((lengths > budget).sum())
             raise DatasetError(f"{self.root}: {too_long} of {len(lengths)} samples need more slots than a row has "
-                               f"({budget}: data.seq_len, or --budget; the longest needs {int(lengths.max())}); "
+                               f"({budget}: data.seq_len, or --budget; the longest needs {longest}); "
                                "raise it to at least that, or rebuild the dataset with smaller images or a lower "
                                "--max-text-tokens")
 

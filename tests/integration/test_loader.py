@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from data_tools.cli import main as data_main
-from genlip.data.loader import LoaderSpec, MicroBatches, PackedRows, build_loader
+import numpy as np
+
+from genlip.data.loader import LoaderSpec, MicroBatches, PackedRows, build_loader, sample_lengths
 from genlip.data.packing import PackingSpec
 from genlip.data.shards import DatasetError, open_dataset, read_sample
 from genlip.model import build_model, get_preset, make_layout
@@ -135,3 +137,37 @@ def test_truncated_idx_is_caught(datasets, tmp_path, capsys):
     assert "00002.text.idx" in capsys.readouterr().err
     with pytest.raises(DatasetError, match="00002.text.idx"):
         PackedRows(spec_for([bad], micro_rows=1, check="quick"))
+
+
+def test_plan_inputs_and_old_int64_plans(datasets, tmp_path):
+    """The packing reads int32 lengths equal to the dataset's own; a plan stored in int64 (as plans were
+    before) gives the loader the same rows as the int32 plan built now."""
+    ds = open_dataset(datasets[0])
+    lengths = sample_lengths(ds, len(ds.manifest["prompt"]["ids"]))
+    assert lengths.dtype == np.int32 and np.array_equal(lengths, ds.lengths(len(ds.manifest["prompt"]["ids"])))
+    copy = tmp_path / "copy"
+    shutil.copytree(datasets[0], copy, ignore=shutil.ignore_patterns("packing"))
+    spec = spec_for([copy], micro_rows=1, num_workers=0)
+    new = consumed(spec, STEPS, dp_size=2)
+    plan = PackedRows(spec).sources[0].plan
+    for e in (0, 1):
+        for path in plan._paths(e):
+            assert np.load(path).dtype == np.int32
+            np.save(path, np.load(path).astype(np.int64))
+    assert consumed(spec, STEPS, dp_size=2) == new
+    assert PackedRows(spec).sources[0].plan.epoch(0)[1].dtype == np.int64
+
+
+def test_pack_builds_one_epoch_per_array_task(datasets, tmp_path):
+    """`genlip-data pack --first-epoch E --epochs 1` (a SLURM array task) builds epoch E alone, the same
+    files the loader would build itself."""
+    copy = tmp_path / "copy"
+    shutil.copytree(datasets[0], copy, ignore=shutil.ignore_patterns("packing"))
+    for task in (2, 0):
+        assert data_main(["pack", str(copy), "--budget", "256", "--max-samples-per-row", "8", "--seed", "5",
+                          "--first-epoch", str(task), "--epochs", "1", "--check", "none"]) == 0
+    plan = PackedRows(spec_for([copy])).sources[0].plan
+    assert [plan.has(e) for e in range(3)] == [True, False, True]
+    built = [np.load(p) for p in plan._paths(2)]
+    shutil.rmtree(plan.dir)
+    assert all(np.array_equal(a, b) for a, b in zip(built, PackedRows(spec_for([copy])).sources[0].plan.epoch(2)))
