@@ -2,16 +2,26 @@
 
 `make_attention(layout, backend)` returns `attend(q, k, v) -> out`, all [B, S, H, Dh] (local heads),
 computing, within each sample, image->image full, text->(image + earlier text), nothing across samples.
+Every backend costs about the sum over samples of their squared lengths, not rows x S^2, except the oracle.
 
-- `sdpa`: torch SDPA with the dense [B, S, S] boolean mask. CPU path and the oracle.
-- `flash`: flash-attn varlen, two calls per layer and no mask tensor: image queries over the sample's
-  image keys (non-causal), text queries over the sample's [image; text] keys, causal aligned to the
-  bottom-right corner (flash-attn >= 2.1 semantics when seqlen_q < seqlen_k), so text query j sees all
-  image keys and text keys <= j.
-- `flex`: FlexAttention with the rule `same sample and (q >= k or both image)` (the authors' rule);
-  compiled on CUDA. On CPU torch runs it eagerly and forward-only (evaluation, tests).
+- `sdpa`: torch SDPA over each sample's own span (the CPU path). Samples are gathered out of the packed
+  rows into a few batches of similar length (a bucket pads its samples to its longest, with the
+  bucket boundaries chosen to minimise padded pairs + a per-call cost), one SDPA call per bucket with
+  that bucket's [G, 1, Lb, Lb] prefix-LM mask; indices and masks are built once per forward.
+- `sdpa_dense`: torch SDPA with the dense [B, S, S] mask over whole rows (cost rows x S^2). The oracle.
+- `flash`: flash-attn varlen, two calls per layer whatever the number of samples, and no mask tensor:
+  image queries over the sample's image keys (non-causal), text queries over the sample's [image; text]
+  keys, causal aligned to the bottom-right corner (flash-attn >= 2.1 semantics when seqlen_q < seqlen_k),
+  so text query j sees all image keys and text keys <= j.
+- `flex`: FlexAttention with the rule `same sample and (q >= k or both image)` (the authors' rule), plus
+  padding seeing itself; its block mask skips every block that crosses samples or holds only padding.
+  Compiled on CUDA. On CPU torch runs it eagerly and forward-only (evaluation, tests).
 
-Legend: B rows, S slots, H heads, Dh head dim, T real (non-padding) slots.
+Padding slots: `sdpa`, `sdpa_dense` and `flex` give each padding slot its own value (it sees only
+itself), `flash` gives 0; nothing real ever sees padding, so it is inert either way.
+
+Legend: B rows, S slots, H heads, Dh head dim, T real (non-padding) slots, G samples in a bucket,
+Lb a bucket's padded sample length.
 """
 
 from __future__ import annotations
@@ -26,6 +36,15 @@ import torch.nn.functional as F
 from genlip.model.batch import Layout
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+BACKENDS = ("sdpa", "sdpa_dense", "flash", "flex")
+
+# NOTE: what one extra SDPA call (gathers, kernel set-up, backward) costs, in attention pairs (query x key),
+# when `sdpa` decides whether to pad samples of different lengths into one bucket: about 2 ms of forward +
+# backward on 2 CPU threads with the `small` preset's 6 heads x 32, the time of ~190^2 pairs. Measured on
+# stage-1-like and demo rows: anything from 128^2 to "one bucket for all" is within noise there, while one
+# call per distinct length is 1.3-3x slower; stage-2 rows (16..1024 patches) still get several buckets.
+CALL_COST_PAIRS = 192 * 192
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,7 +66,7 @@ def resolve_backend(name: str, device: torch.device) -> str:
     if name == "flash" and (_flash_varlen() is None or not cuda):
         raise RuntimeError("attn_backend=flash needs the flash-attn package and a CUDA device; "
                            "install the [gpu] extra or set model.attn_backend=sdpa")
-    if name not in ("sdpa", "flash", "flex"):
+    if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}")
     return name
 
@@ -58,6 +77,8 @@ def make_attention(layout: Layout, backend: str, *, varlen_fn=None) -> Attend:
     `varlen_fn` replaces flash-attn's `flash_attn_varlen_func` (tests use `varlen_reference`).
     """
     if backend == "sdpa":
+        return _span_attention(layout)
+    if backend == "sdpa_dense":
         mask = layout.dense_mask()[:, None]  # [B, 1, S, S]
 
         def attend(q, k, v):
@@ -71,6 +92,105 @@ def make_attention(layout: Layout, backend: str, *, varlen_fn=None) -> Attend:
     if backend == "flex":
         return _flex_attention(layout)
     raise ValueError(f"unknown attention backend {backend!r}")
+
+
+def _bucket_samples(lengths: list[int], call_cost: int) -> list[list[int]]:
+    """Groups of sample numbers to run as one padded batch each: sorted by length, cut where the padded
+    pairs sum(G * Lb^2) plus `call_cost` per group is least (exact dynamic programme over the distinct
+    lengths, coarsened to at most 128 length classes)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    quantum = max(1, -(-max(lengths, default=1) // 128))
+    classes: list[tuple[int, list[int]]] = []  # (padded length, samples), ascending
+    for i in order:
+        key = -(-lengths[i] // quantum)
+        if classes and classes[-1][0] == key:
+            classes[-1][1].append(i)
+        else:
+            classes.append((key, [i]))
+    longest = [max(lengths[i] for i in members) for _, members in classes]
+    count = [0]
+    for _, members in classes:
+        count.append(count[-1] + len(members))
+    best, cut = [0], [0]  # best[j]: least cost of the first j classes; the last group starts at class cut[j]
+    for j in range(1, len(classes) + 1):
+        sq = longest[j - 1] ** 2
+        cost, start = min((best[i] + (count[j] - count[i]) * sq + call_cost, i) for i in range(j))
+        best.append(cost)
+        cut.append(start)
+    groups, j = [], len(classes)
+    while j > 0:
+        groups.append([s for _, members in classes[cut[j]:j] for s in members])
+        j = cut[j]
+    return groups[::-1]
+
+
+class _Shuffle(torch.autograd.Function):
+    """y = [x; 0][index], where each row of x is taken at most once (index may repeat the zero row len(x)).
+
+    NOTE: index_select's backward is a scatter-add, slow on CPU (it was 28% of a training step); with the
+    inverse map known the backward is a gather too: gx = [gy; 0][inverse] (len(y) for rows not taken)."""
+
+    @staticmethod
+    def forward(ctx, x, index, inverse):
+        ctx.save_for_backward(inverse)
+        return torch.cat([x, x.new_zeros(1, *x.shape[1:])]).index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, gy):
+        (inverse,) = ctx.saved_tensors
+        return torch.cat([gy, gy.new_zeros(1, *gy.shape[1:])]).index_select(0, inverse), None, None
+
+
+def _span_attention(layout: Layout, call_cost: int = CALL_COST_PAIRS) -> Attend:
+    """SDPA over each sample's span, samples batched by length (see the module docstring)."""
+    device = layout.sample_id.device
+    cu_real, cu_image = layout.cu_real.long(), layout.cu_image.long()
+    start = layout.real_index[cu_real[:-1]].cpu()  # flat slot of each sample's first token
+    length = (cu_real[1:] - cu_real[:-1]).cpu()
+    n_image = (cu_image[1:] - cu_image[:-1]).cpu()
+    slots = layout.batch_size * layout.seq_len
+    shapes, masks, gathers = [], [], []  # per bucket: (G, Lb), [G, 1, Lb, Lb] mask, [G*Lb] flat slot or `slots`
+    for group in _bucket_samples(length.tolist(), call_cost):
+        g = torch.tensor(group)
+        L, ni = length[g], n_image[g]
+        Lb = int(L.max())
+        pos = torch.arange(Lb)
+        inside = pos[None, :] < L[:, None]
+        gathers.append(torch.where(inside, start[g, None] + pos, slots).flatten())  # past a sample: a zero row
+        qi, kj = pos[None, :, None], pos[None, None, :]
+        masks.append((kj < L[:, None, None]) & ((kj <= qi) | ((qi < ni[:, None, None]) & (kj < ni[:, None, None]))))
+        shapes.append((len(group), Lb))
+    masks = [m[:, None].to(device) for m in masks]
+    if shapes:
+        gather = torch.cat(gathers)
+        taken = gather < slots
+        total = len(gather)
+        # into the buckets: real slot j -> its position in `gather`; padding slots are never taken
+        gather_inv = torch.full((slots,), total, dtype=torch.long)
+        gather_inv[gather[taken]] = taken.nonzero().flatten()
+        # out of the buckets: [bucket outputs; v], real slots from the buckets, padding slots keep their own v
+        out_index = total + torch.arange(slots)
+        out_index[gather[taken]] = taken.nonzero().flatten()
+        out_inv = torch.full((total + slots,), slots, dtype=torch.long)
+        out_inv[out_index] = torch.arange(slots)
+        gather, gather_inv, out_index, out_inv = (t.to(device) for t in (gather, gather_inv, out_index, out_inv))
+
+    def attend(q, k, v):
+        B, S, H, Dh = q.shape
+        if not shapes:  # every slot is padding: each sees only itself
+            return v.clone()
+        qf, kf, vf = (t.reshape(B * S, H, Dh) for t in (q, k, v))
+        qb, kb, vb = (_Shuffle.apply(t, gather, gather_inv) for t in (qf, kf, vf))
+        outs, at = [], 0
+        for (G, Lb), mask in zip(shapes, masks):
+            qs, ks, vs = (t[at:at + G * Lb].view(G, Lb, H, Dh).transpose(1, 2) for t in (qb, kb, vb))
+            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask)  # [G, H, Lb, Dh]
+            outs.append(o.transpose(1, 2).reshape(G * Lb, H, Dh))
+            at += G * Lb
+        # padding slots keep their own value, as in the dense oracle where each sees only itself
+        return _Shuffle.apply(torch.cat(outs + [vf]), out_index, out_inv).view(B, S, H, Dh)
+
+    return attend
 
 
 def _flash_attention(layout: Layout, varlen) -> Attend:
@@ -106,18 +226,27 @@ def varlen_reference(q, k, v, cu_q, cu_k, max_q, max_k, causal=False, softmax_sc
     return torch.cat(outs) if outs else q.new_zeros(0, *q.shape[1:])
 
 
-def _flex_attention(layout: Layout) -> Attend:
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def make_flex_block_mask(layout: Layout):
+    """FlexAttention BlockMask of the prefix-LM rule: it skips every block crossing samples or holding
+    only padding, so its work is about the sum of the samples' squared lengths at block granularity."""
+    from torch.nn.attention.flex_attention import create_block_mask
 
     sid, img = layout.sample_id, layout.is_image
 
     def mask_mod(b, h, q_idx, kv_idx):
-        same = sid[b, q_idx] == sid[b, kv_idx]
-        return same & ((q_idx >= kv_idx) | (img[b, q_idx] & img[b, kv_idx]))
+        same = (sid[b, q_idx] == sid[b, kv_idx]) & (sid[b, q_idx] >= 0)
+        # padding sees only itself (as in the dense oracle), so blocks of padding are skipped too
+        return (same & ((q_idx >= kv_idx) | (img[b, q_idx] & img[b, kv_idx]))) | (q_idx == kv_idx)
 
     B, S = sid.shape
-    block_mask = create_block_mask(mask_mod, B, None, S, S, device=sid.device)
-    kernel = _compiled_flex() if sid.is_cuda else flex_attention
+    return create_block_mask(mask_mod, B, None, S, S, device=sid.device)
+
+
+def _flex_attention(layout: Layout) -> Attend:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    block_mask = make_flex_block_mask(layout)
+    kernel = _compiled_flex() if layout.sample_id.is_cuda else flex_attention
 
     def attend(q, k, v):
         Dh = q.shape[-1]

@@ -47,7 +47,9 @@ class ModelConfig:
     init_std: float = 0.02
     """Std of the normal init of embeddings, patch conv, SwiGLU, in/out projections and LM head."""
     attn_backend: str = "auto"
-    """Attention kernel: auto (flash-attn varlen on CUDA if installed, else flex on CUDA, else sdpa), sdpa, flash, flex."""
+    """Attention kernel: auto (flash-attn varlen on CUDA if installed, else flex on CUDA, else sdpa), sdpa, sdpa_dense, flash, flex."""
+    # NOTE: sdpa runs SDPA over each sample's own span (cost: sum of squared sample lengths); sdpa_dense runs it over
+    # whole rows with a dense [S, S] mask (cost: rows x S^2) and is the test oracle.
 
     @property
     def head_dim(self) -> int:
@@ -65,8 +67,8 @@ class ModelConfig:
             raise ValueError(f"head dim {self.head_dim} (width/heads) must be even for rotary embeddings")
         if len(self.mrope_section) != 3 or min(self.mrope_section) < 0:
             raise ValueError(f"model.mrope_section={self.mrope_section} must be three non-negative ints (t, h, w)")
-        if self.attn_backend not in ("auto", "sdpa", "flash", "flex"):
-            raise ValueError(f"model.attn_backend={self.attn_backend!r}: choose auto, sdpa, flash or flex")
+        if self.attn_backend not in ("auto", "sdpa", "sdpa_dense", "flash", "flex"):
+            raise ValueError(f"model.attn_backend={self.attn_backend!r}: choose auto, sdpa, sdpa_dense, flash or flex")
         if not 0.0 <= self.drop_path < 1.0:
             raise ValueError(f"model.drop_path={self.drop_path} must be in [0, 1)")
         for name in ("num_layers", "width", "heads", "ffn", "text_width", "vocab_size", "patch_size"):
