@@ -84,7 +84,7 @@ def test_zeroshot_colours_far_above_chance(trained, tmp_path):
     zs = _eval("zeroshot", root / "run", root / "colours", "--classes", root / "colours.yaml",
                "--predictions", tmp_path / "zs.jsonl", tmp_path / "zs.json")
     assert zs["images"] == 48 and zs["classes"] == 8 and zs["templates"] == 9 and zs["chance_top1"] == 1 / 8
-    assert zs["top1"] > 0.6 and zs["top5"] > zs["top1"], zs
+    assert zs["top1"] > 0.6 and zs["top5"] >= zs["top1"], zs
     assert sorted(zs["per_class"]) == sorted(COLOURS)
     assert len((tmp_path / "zs.jsonl").read_text().splitlines()) == 48
     random = _eval("zeroshot", root / "random", root / "colours", "--classes", root / "colours.yaml",
