@@ -3,12 +3,16 @@
 Run on a CUDA machine (needs flash-attn for the flash rows; FlexAttention comes with torch):
 
     python benchmarks/gpu_attention_check.py [--preset so16] [--seq-len 16384] [--iters 5]
+    python benchmarks/gpu_attention_check.py --cpu-smoke     # the same code, tiny sizes, on CPU
 
-1. Correctness: a small model (fp32 and bf16) on a packed batch with mixed grids; max |diff| of the
-   final hidden states of each backend against SDPA with the dense mask.
+1. Correctness: a small model (fp32 and bf16) on a packed batch with mixed grids, each backend against
+   SDPA with the dense mask (the oracle): forward, max |diff| of the final hidden states at real slots;
+   backward, the largest |diff| of any parameter's gradient of the loss, relative to that gradient's
+   largest entry. A line ends in FAIL past the tolerance (fp32 1e-3 / 1e-3, bf16 0.15 / 0.15).
 2. Speed: `--preset` in bf16 on one packed row of `--seq-len` slots filled with stage-1 samples
    (14x14 patches, 6 prompt, 68 caption tokens), forward+backward per backend; median time, tokens/s,
    achieved TFLOP/s (matmul FLOPs from genlip.info) and the ratio to SDPA.
+Exit status 1 when a correctness line fails.
 """
 
 from __future__ import annotations
@@ -25,7 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genlip.info import train_flops_per_sample  # noqa: E402
 from genlip.model import PackedBatch, build_model, get_preset  # noqa: E402
-from genlip.model.attention import _flash_varlen  # noqa: E402
+from genlip.model.attention import BACKENDS, _flash_varlen  # noqa: E402
+
+ORACLE = "sdpa_dense" if "sdpa_dense" in BACKENDS else "sdpa"
+# (forward abs, gradient relative); bf16: sdpa against the oracle on CPU differs by 3e-2 / 2e-2 already
+TOLERANCE = {torch.float32: (1e-3, 1e-3), torch.bfloat16: (1.5e-1, 1.5e-1)}
 
 
 def stage1_row(cfg, seq_len, device, grid=14, prompt=6, caption=68):
@@ -46,21 +54,42 @@ def mixed_batch(cfg, device):
                        torch.randint(1, cfg.vocab_size, (2, seq_len), device=device), segments)
 
 
-def check_backends(backends, device):
-    print("== correctness against sdpa (final hidden states at real slots, max |diff|)")
+def _forward_and_grads(name, dtype, batch, device):
+    model = build_model(get_preset("small", attn_backend=name, drop_path=0.0), seed=0, device=device, dtype=dtype)
+    model.eval()  # no dropout; gradients still flow
+    with torch.no_grad():
+        h, layout = model.hidden(batch)
+    grads = None
+    if device.type == "cuda" or name != "flex":  # flex on CPU runs eagerly and forward-only
+        model.zero_grad(set_to_none=True)
+        model(batch).loss.backward()
+        grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
+    return h.flatten(0, 1)[layout.real_index].float(), grads
+
+
+def check_backends(backends, device) -> bool:
+    print(f"== correctness against {ORACLE} (small preset; forward: max |diff| of final hidden states at real "
+          "slots; backward: max over parameters of max |grad diff| / max |grad|)")
+    ok = True
     for dtype in (torch.float32, torch.bfloat16):
-        cfg = get_preset("small", attn_backend="sdpa")
-        batch = mixed_batch(cfg, device)
-        ref = build_model(cfg, seed=0, device=device, dtype=dtype).eval()
-        with torch.no_grad():
-            h_ref, layout = ref.hidden(batch.to(device, dtype))
-        real = layout.real_index
+        batch = mixed_batch(get_preset("small"), device).to(device, dtype)
+        h_ref, g_ref = _forward_and_grads(ORACLE, dtype, batch, device)
+        tol_h, tol_g = TOLERANCE[dtype]
         for name in backends:
-            model = build_model(get_preset("small", attn_backend=name), seed=0, device=device, dtype=dtype).eval()
-            with torch.no_grad():
-                h, _ = model.hidden(batch.to(device, dtype))
-            diff = (h.flatten(0, 1)[real].float() - h_ref.flatten(0, 1)[real].float()).abs().max().item()
-            print(f"  {name:<6} {str(dtype):<15} max|diff| {diff:.3e}")
+            h, g = _forward_and_grads(name, dtype, batch, device)
+            diff = (h - h_ref).abs().max().item()
+            line = f"  {name:<10} {str(dtype):<15} forward {diff:.3e}"
+            good = diff <= tol_h
+            if g is None:
+                line += "  backward n/a (flex is forward-only on CPU)"
+            else:
+                rel = max(((g[n] - g_ref[n]).abs().max() / g_ref[n].abs().max().clamp_min(1e-12)).item() for n in g_ref)
+                missing = sorted(set(g_ref) ^ set(g))
+                line += f"  backward {rel:.3e}" + (f"  gradients missing: {missing}" if missing else "")
+                good = good and rel <= tol_g and not missing
+            print(line + ("" if good else "  FAIL"))
+            ok = ok and good
+    return ok
 
 
 def time_backends(backends, preset, seq_len, iters, device):
@@ -104,17 +133,22 @@ def main(argv=None):
     ap.add_argument("--preset", default="so16")
     ap.add_argument("--seq-len", type=int, default=16384)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--skip-speed", action="store_true", help="correctness only")
+    ap.add_argument("--cpu-smoke", action="store_true", help="on CPU: correctness of sdpa and flex (forward) only")
     args = ap.parse_args(argv)
+    if args.cpu_smoke:
+        return 0 if check_backends(["sdpa", "flex"], torch.device("cpu")) else 1
     if not torch.cuda.is_available():
-        print("needs a CUDA device")
+        print("needs a CUDA device (or --cpu-smoke)")
         return 2
     device = torch.device("cuda")
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"flash-attn {'yes' if _flash_varlen() is not None else 'no'}")
     backends = ["flex"] + (["flash"] if _flash_varlen() is not None else [])
-    check_backends(backends, device)
-    time_backends(["sdpa"] + backends, args.preset, args.seq_len, args.iters, device)
-    return 0
+    ok = check_backends(["sdpa"] * (ORACLE != "sdpa") + backends, device)
+    if not args.skip_speed:
+        time_backends(["sdpa"] + backends, args.preset, args.seq_len, args.iters, device)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

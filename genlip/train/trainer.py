@@ -30,6 +30,8 @@ from genlip.data.packing import PackingSpec
 from genlip.data.shards import DatasetError, manifest_hash
 from genlip.eval import run_evals
 from genlip.info import count_params
+from genlip.model.attention import resolve_backend
+from genlip.model.batch import PackedBatch
 from genlip.model.genlip import GenLIP
 from genlip.model.init import init_weights, load_full_state_dict
 from genlip.parallel.pipeline import build_pipeline_model, pipeline_batch
@@ -46,6 +48,7 @@ from genlip.weights.universal import UNIVERSAL_DIR, Universal, deepspeed_univers
 from genlip.train.preflight import check_run
 from genlip.train.metrics import Logger, batch_stats, memory_gib, peak_tflops
 from genlip.train.schedule import lr_at
+from genlip.train.step_stats import LossMeter, SyncCounter, host_all_reduce, init_host_group
 from genlip.train.validation import batch_targets, plan_validation, val_batches
 from megatron_ext import (MegatronMpu, TensorParallelKit, assert_groups_match, destroy_parallel, dp_rank,
                           dp_world_size, init_parallel, pp_rank, tp_rank)
@@ -159,7 +162,9 @@ class Trainer:
                                                     config=ds_config, mpu=None if p.pp > 1 else MegatronMpu())
         if p.pp > 1:
             assert_groups_match(self.engine.grid)
-        self.device = self.engine.device
+        self.device = torch.device(self.engine.device)
+        self.host_group = init_host_group()
+        self.losses = LossMeter(self.dp, MegatronMpu.get_data_parallel_group() if p.pp == 1 else None)
         self.datasets_id = [manifest_hash(d) for d in cfg.data.datasets]
         self.state = {"step": 0, "samples": 0, "rows": 0, "tokens": 0, "skipped_steps": 0, "flops": 0.0,
                       "wall_time": 0.0, "last_loss": None, "last_step_loss": None, "last_val_loss": None,
@@ -270,15 +275,27 @@ class Trainer:
             f"GenLIP {c.model.preset}: {n.total:,} params ({n.trunk:,} trunk); world {self.world} = tp {p.tp} x pp {p.pp} "
             f"x dp {self.dp}; ZeRO-{p.zero_stage}; {t.dtype}; rows of {c.data.seq_len} slots; micro-batch "
             f"{t.micro_batch_rows} rows x {self.accum} accumulation x {self.dp} dp = {t.global_batch_rows} rows/step; "
-            f"{self.params_local:,} params on rank 0; schedule {t.total_samples:,.0f} samples; run dir {self.run_dir}")
+            f"{self.params_local:,} params on rank 0; attention {resolve_backend(self.model_cfg.attn_backend, self.device)}; "
+            f"schedule {t.total_samples:,.0f} samples; run dir {self.run_dir}")
 
     # ---- one step -------------------------------------------------------------------------------
+    # No host-device synchronisation of ours in a steady-state step beyond the few that genlip/train/step_stats.py
+    # lists (ZeRO-0's non-finite guard, the pipeline's loss under ZeRO-0, log steps) and explains.
     def _next(self, it):
         t0 = time.perf_counter()
         batch, infos = next(it)
         return batch, infos, time.perf_counter() - t0
 
-    def _train_step(self, it) -> dict:
+    def _to_device(self, batch):
+        """Pixels and tokens to the device without waiting (the loader pins them on CUDA machines); the
+        segment table stays on the host, where the model's make_layout reads it."""
+        if self.device.type == "cpu":
+            return batch
+        return PackedBatch(batch.pixels.to(self.device, non_blocking=True),
+                           batch.tokens.to(self.device, non_blocking=True), batch.segments)
+
+    def _train_step(self, it, stop_vote) -> dict:
+        """One optimizer step; `stop_vote()` is this rank's wish to stop, asked after the step's work is queued."""
         has_data = it is not None
         wait, samples, tokens, flops = 0.0, 0, 0, 0.0
         batches, infos = [], []
@@ -286,14 +303,17 @@ class Trainer:
             for _ in range(self.accum):
                 batch, info, w = self._next(it)
                 wait += w
-                s, tk, f = batch_stats(batch.segments, self.model_cfg)
+                s, tk, f = batch_stats(batch.segments, self.model_cfg)  # host: the table is on the CPU here
                 samples, tokens, flops = samples + s, tokens + tk, flops + f
                 batches.append(batch)
                 infos += info
         skipped_before = self.engine.skipped_steps
+        finite = True
         if self.cfg.parallel.pp > 1:
-            loss = float(self.engine.train_batch(iter([pipeline_batch(b) for b in batches]) if has_data else None))
+            loss = self.engine.train_batch(iter([pipeline_batch(b) for b in batches]) if has_data else None)
             skipped = self.engine.skipped_steps > skipped_before
+            if self.cfg.parallel.zero_stage == 0:  # no DeepSpeed check there: read the loss (a sync)
+                finite = math.isfinite(float(loss))
         else:
             loss, skipped = self._local_step(batches)
         # Counted once per data-parallel replica: by its (tp 0, pp 0) rank, which always holds the data.
@@ -302,33 +322,37 @@ class Trainer:
             self.samples_log.write(json.dumps({"step": self.state["step"] + 1, "rows": [i.global_row for i in infos],
                                                "keys": [[str(k) for k in i.key_hashes] for i in infos]}) + "\n")
             self.samples_log.flush()
-        totals = [_all_reduce(v if first else 0.0) for v in (samples, tokens, flops)]
+        n = (samples, tokens, flops) if first else (0, 0, 0.0)
+        totals = host_all_reduce([*n, float(stop_vote())], group=self.host_group)
         return {"loss": loss, "samples": int(totals[0]), "tokens": int(totals[1]), "flops": totals[2],
-                "data_wait": wait, "skipped": skipped, "finite": math.isfinite(loss)}
+                "stop": totals[3] > 0, "data_wait": wait, "skipped": skipped, "finite": finite}
 
-    def _local_step(self, batches) -> tuple[float, bool]:
-        """Micro-batches through DeepSpeed's engine (no pipeline); returns (mean loss, step skipped)."""
+    def _local_step(self, batches) -> tuple[torch.Tensor, bool]:
+        """Micro-batches through DeepSpeed's engine (no pipeline); returns (this rank's mean loss as a device
+        tensor, step skipped)."""
         skipped_before = self.engine.skipped_steps
-        poison = float("nan") if self.state["step"] + 1 in self.cfg.train.debug_nan_steps else 1.0
+        poison = self.state["step"] + 1 in self.cfg.train.debug_nan_steps
         losses = []
         for i, batch in enumerate(batches):
-            out = self.engine(batch.to(self.device))
-            loss = out.loss * poison
+            out = self.engine(self._to_device(batch))
+            loss = out.loss * float("nan") if poison else out.loss
             self.engine.backward(loss)
             losses.append(loss.detach().float())
             if i == len(batches) - 1 and self.cfg.parallel.zero_stage == 0:
                 self._guard_zero0(torch.stack(losses))
             self.engine.step()
-        mean = _all_reduce(torch.stack(losses).mean().item(), group=MegatronMpu.get_data_parallel_group()) / self.dp
         skipped = self.engine.skipped_steps > skipped_before or self._zero0_skipped
-        return mean, skipped
+        return torch.stack(losses).mean(), skipped
 
     _zero0_skipped = False
 
     def _guard_zero0(self, losses: torch.Tensor) -> None:
         """ZeRO-0 has no DeepSpeed overflow check: a non-finite loss anywhere zeroes this step's
-        gradients and its learning rate, so the weights are unchanged (Adam's moments decay one step)."""
-        bad = _all_reduce(float(not bool(torch.isfinite(losses).all())), op=dist.ReduceOp.MAX) > 0
+        gradients and its learning rate, so the weights are unchanged (Adam's moments decay one step).
+        One flag is all-reduced on the device and read: the one synchronisation of a ZeRO-0 step."""
+        flag = (~torch.isfinite(losses)).any().to(torch.float32).reshape(1)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        bad = bool(flag.item() > 0)
         self._zero0_skipped = bad
         if bad:
             for p in self.engine.module.parameters():
@@ -398,6 +422,7 @@ class Trainer:
 
     def _save(self) -> bool:
         """Checkpoint; False if the save failed (already reported; the caller decides to go on or stop)."""
+        self._read_losses(reset=False)  # the progress it stores holds the newest good step's loss
         state = {"identity": self._resume_identity(), "progress": dict(self.state), "config": self.cfg.to_dict(),
                  "code_version": code_version(), "time": time.time()}
         t = self.cfg.train
@@ -431,41 +456,48 @@ class Trainer:
         flags = Flags()
         start_time = time.time()
         self._maybe_resume()
+        self.losses.last_value = self.state["last_step_loss"]
         self._build_plans()
         self._banner()
         needs_data = self.cfg.parallel.pp == 1 or self.pp_rank in (0, self.cfg.parallel.pp - 1)
         it = iter(self._loader(self.cfg.data.datasets, self.state["rows"], t.global_batch_rows)) if needs_data else None
         peak = peak_tflops()
-        window = {"loss": 0.0, "n": 0, "steps": 0, "time": 0.0, "wait": 0.0, "samples": 0, "tokens": 0, "flops": 0.0}
-        bad_in_a_row, code = 0, 0
+        window = dict.fromkeys(("steps", "time", "wait", "samples", "tokens", "flops"), 0.0)
+
+        def stop_vote() -> bool:  # this rank's vote, summed over all ranks in the step's all-reduce
+            return flags.stop or bool(t.time_limit_minutes and time.time() - start_time > 60 * t.time_limit_minutes)
+
+        syncs = SyncCounter.from_env()
+        bad_in_a_row, code, carry = 0, 0, 0.0
         while self.state["samples"] < t.total_samples and not (t.max_steps and self.state["step"] >= t.max_steps):
+            step = self.state["step"] + 1
+            t0 = time.perf_counter()
             lr = lr_at(self.state["samples"], peak=o.lr, floor=o.min_lr, total=t.total_samples, warmup_ratio=o.warmup_ratio)
             for group in self.engine.optimizer.param_groups:
                 group["lr"] = lr
-            t0 = time.perf_counter()
-            r = self._train_step(it)
-            dt = time.perf_counter() - t0
-            self.state["step"] += 1
-            self.state["rows"] += t.global_batch_rows
-            self.state["samples"] += r["samples"]
-            self.state["tokens"] += r["tokens"]
-            self.state["flops"] += r["flops"]
-            self.state["wall_time"] += dt
+            with syncs.count("train step", step):
+                r = self._train_step(it, stop_vote)
             if r["skipped"] or not r["finite"]:
                 self.state["skipped_steps"] += 1
                 bad_in_a_row += 1
             else:
                 bad_in_a_row = 0
-                self.state["last_step_loss"] = r["loss"]
-                window["loss"] += r["loss"]
-                window["n"] += 1
-            for k, v in (("steps", 1), ("time", dt), ("wait", r["data_wait"]), ("samples", r["samples"]), ("tokens", r["tokens"]),
-                         ("flops", r["flops"])):
+                self.losses.add(r["loss"])
+            # The step's time includes the loop's own bookkeeping and logging (the previous step's, carried),
+            # not validation, evaluation or checkpoints.
+            t1 = time.perf_counter()
+            dt = t1 - t0 + carry
+            self.state.update(step=step, rows=self.state["rows"] + t.global_batch_rows,
+                              samples=self.state["samples"] + r["samples"], tokens=self.state["tokens"] + r["tokens"],
+                              flops=self.state["flops"] + r["flops"], wall_time=self.state["wall_time"] + dt)
+            for k, v in (("steps", 1), ("time", dt), ("wait", r["data_wait"]), ("samples", r["samples"]),
+                         ("tokens", r["tokens"]), ("flops", r["flops"])):
                 window[k] += v
-            step = self.state["step"]
             if step % t.log_interval == 0 or step == 1:
-                self._log_window(window, lr, peak)
+                with syncs.count("log", step):
+                    self._log_window(window, lr, peak)
                 window = dict.fromkeys(window, 0.0)
+            carry = time.perf_counter() - t1
             if t.eval_interval and step % t.eval_interval == 0:
                 self._log_validation()
             if self.cfg.eval.interval and step % self.cfg.eval.interval == 0:
@@ -476,18 +508,18 @@ class Trainer:
                                "the data, or resume to retry.")
                 code = EXIT_BAD_STEPS
                 break
-            stop = _all_reduce(float(flags.stop), op=dist.ReduceOp.MAX) > 0
-            if t.time_limit_minutes and time.time() - start_time > 60 * t.time_limit_minutes:
-                stop = True
-            if stop:
+            if r["stop"]:  # a signal or the time limit on any rank (voted in the step's all-reduce)
                 self.log.print(f"stop requested (signal or time limit) at step {step}: checkpointing, exit {EXIT_REQUEUE}")
                 code = EXIT_REQUEUE
                 break
             if t.save_interval and step % t.save_interval == 0 and not self._save() and t.save_failure == "stop":
                 code = EXIT_SAVE_FAILED
                 break
+        for line in syncs.summary():
+            self.log.print(line)
         if window["steps"]:
             self._log_window(window, lr, peak)
+        self._read_losses(reset=False)
         saved_now = t.save_interval and self.state["step"] % t.save_interval == 0 and code == 0
         if code != EXIT_SAVE_FAILED and not saved_now and not self._save() and t.save_failure == "stop":
             code = EXIT_SAVE_FAILED
@@ -524,19 +556,25 @@ class Trainer:
                   "samples_per_s": st["samples"] / st["wall_time"] if st["wall_time"] else None}
         (self.run_dir / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
 
+    def _read_losses(self, reset: bool) -> float | None:
+        """Read the loss meter (a collective over data parallelism, and a sync): the window's mean loss."""
+        mean, self.state["last_step_loss"] = self.losses.read(reset=reset)
+        return mean
+
     def _log_window(self, w: dict, lr: float, peak: float | None) -> None:
         if w["time"] <= 0:
             return
-        step, n = self.state["step"], max(w["n"], 1)
+        step = self.state["step"]
+        loss = self._read_losses(reset=True)
         tflops = w["flops"] / w["time"] / self.world / 1e12
-        values = {"train/loss": w["loss"] / n if w["n"] else float("nan"), "train/lr": self.engine.get_lr()[0],
+        values = {"train/loss": float("nan") if loss is None else loss, "train/lr": self.engine.get_lr()[0],
                   "train/grad_norm": _grad_norm(self.engine), "perf/samples_per_s": w["samples"] / w["time"],
                   "perf/tokens_per_s": w["tokens"] / w["time"], "perf/data_wait": w["wait"] / w["time"],
                   "perf/step_time": w["time"] / w["steps"],
                   "perf/tflops_per_device": tflops, "perf/mfu": tflops / peak if peak else None,
                   "perf/memory_gib": memory_gib(), "train/skipped_steps": self.state["skipped_steps"]}
-        if w["n"]:
-            self.state["last_loss"] = values["train/loss"]
+        if loss is not None:
+            self.state["last_loss"] = loss
         mfu = f" | MFU {100 * values['perf/mfu']:.1f}%" if peak else ""
         gn = values["train/grad_norm"]
         self.log.print(
