@@ -21,6 +21,8 @@ setup(
         "pyarrow",
         "pyyaml",
         "safetensors",
+        # genlip.cluster.scaling: L-BFGS-B for the scaling-law fits.
+        "scipy",
         "sentencepiece",
         "tensorboard",
         "tokenizers",

@@ -88,3 +88,35 @@ def describe(plan: Plan, cfg: Config) -> str:
             f"({plan.samples_per_row:.1f} per row)\n"
             f"schedule: {cfg.train.total_samples:,.0f} samples ~ {plan.steps:,} steps\n"
             f"memory per GPU (estimate): {plan.total_gib:.1f} GiB = {mem}; {plan.params_per_rank:,} parameters")
+
+
+# (tp, pp, zero_stage) in the order a layout is tried: plain data parallelism first, then ZeRO sharding,
+# then tensor parallelism inside a node, then pipeline stages (each step costs more communication).
+LAYOUTS = ((1, 1, 1), (1, 1, 2), (1, 1, 3), (2, 1, 1), (4, 1, 1), (8, 1, 1), (8, 2, 1), (8, 4, 1))
+
+
+def choose_layout(cfg: Config, *, world: int, gpus_per_node: int, gpu_memory_gib: float, vocab_size: int | None,
+                  avg_tokens_per_sample: float) -> tuple[list[str], Plan] | tuple[None, str]:
+    """The first of LAYOUTS that validates for `world` ranks and fits `gpu_memory_gib` (tp within a node):
+    (its parallel.* overrides, its plan), or (None, why none did)."""
+    import copy
+
+    from genlip.config import ConfigError, validate
+
+    reasons = []
+    for tp, pp, zero in LAYOUTS:
+        if gpus_per_node and tp > gpus_per_node:
+            continue
+        trial = copy.deepcopy(cfg)
+        trial.parallel.tp, trial.parallel.pp, trial.parallel.zero_stage = tp, pp, zero
+        try:
+            m = validate(trial, world_size=world, vocab_size=vocab_size)
+        except ConfigError as e:
+            reasons.append(f"tp {tp} pp {pp} ZeRO-{zero}: {e}")
+            continue
+        plan = estimate(trial, m, world=world, avg_tokens_per_sample=avg_tokens_per_sample)
+        if gpus_per_node and plan.total_gib > gpu_memory_gib:
+            reasons.append(f"tp {tp} pp {pp} ZeRO-{zero}: {plan.total_gib:.1f} GiB per GPU > {gpu_memory_gib:g}")
+            continue
+        return [f"parallel.tp={tp}", f"parallel.pp={pp}", f"parallel.zero_stage={zero}"], plan
+    return None, "; ".join(reasons[-2:]) or "no layout tried"
