@@ -14,3 +14,7 @@ warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: one of the few tests that take over a minute on 2 cores (all run in CI)")

@@ -33,6 +33,7 @@ from genlip.info import count_params
 from genlip.model.attention import resolve_backend
 from genlip.model.batch import PackedBatch
 from genlip.model.genlip import GenLIP
+from genlip.model.kit import PlainKit
 from genlip.model.init import init_weights, load_full_state_dict
 from genlip.parallel.pipeline import build_pipeline_model, pipeline_batch
 from genlip.train.checkpoint import (SaveError, check_resume_compatible, find_resumable, load_checkpoint,
@@ -141,7 +142,9 @@ class Trainer:
         self.accum = t.global_batch_rows // (self.dp * t.micro_batch_rows)
         torch.manual_seed(t.seed + self.dp_rank)  # DropPath: same draws in a TP group, different per replica
 
-        kit = TensorParallelKit()
+        # Without tensor parallelism plain torch layers (same parameters, names and init as megatron-core's
+        # layers at tp=1, whose autograd functions add ~4% to a CPU step: benchmarks/trainer_overhead.py).
+        kit = TensorParallelKit() if p.tp > 1 else PlainKit()
         if p.pp > 1:
             module = build_pipeline_model(self.model_cfg, kit, pp=p.pp, tp=p.tp, dp=self.dp,
                                           partition=p.pipe_partition,

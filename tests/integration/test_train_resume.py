@@ -71,6 +71,7 @@ def _wait_for(path, timeout=300):
     assert path.exists(), f"{path} never appeared"
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_equals_uninterrupted(setup):
     """Two processes (DP=2, ZeRO-1: optimizer shards per rank), killed after the step-4 checkpoint."""
     root, config, _ = setup

@@ -57,6 +57,7 @@ def _flat(samples):
     return {st: sorted((r, k) for rep in v for rows, keys in [rep] for r, k in zip(rows, keys)) for st, v in samples.items()}
 
 
+@pytest.mark.slow
 def test_resume_under_every_layout_in_a_chain(setup):
     root, config, ref, ref_samples = setup
     out = root / "chain"
