@@ -333,9 +333,14 @@ def compute_optimal(fit: Fit, C, *, k: float) -> Allocation:
     if far > EXTRAPOLATION_WARN:
         warnings.append(f"target compute is {far:.3g}x the largest measured point: the law is extrapolated")
     if "N_opt" in intervals:
-        spread = np.max(intervals["N_opt"][1] / intervals["N_opt"][0])
-        if not spread < 4.0:
-            warnings.append(f"N_opt is known only within a factor of {spread:.3g} ({fit.level:.0%} interval)")
+        lo, hi = intervals["N_opt"]
+        if not np.all(lo > 0):  # bootstrap fits with alpha ~ 0: size does not help, N_opt -> 0
+            warnings.append(f"N_opt's {fit.level:.0%} interval reaches 0: some bootstrap refits find that size does "
+                            "not lower the loss (alpha ~ 0), so N_opt is not determined")
+        else:
+            spread = np.max(hi / lo)
+            if not spread < 4.0:
+                warnings.append(f"N_opt is known only within a factor of {spread:.3g} ({fit.level:.0%} interval)")
     a, b = fit.params["alpha"], fit.params["beta"]
     return Allocation(C=C, k=k, N_opt=N, D_opt=D, L_opt=L, intervals=intervals,
                       exponent_N=b / (a + b) if a + b > 0 else math.nan, extrapolation=extrapolation, warnings=warnings)
@@ -398,10 +403,16 @@ def isoflop(N, C, L, *, rtol: float = 0.05) -> IsoFlop:
             warnings.append(f"C = {c:.3g}: {distinct(N[idx])} distinct N, a parabola needs 3; group not fitted")
             continue
         n_star, l_star, curv = parabola_vertex(N[idx], L[idx])
-        ok = curv > 0 and N[idx].min() <= n_star <= N[idx].max()
+        # A minimum needs the parabola's vertex inside the sizes AND a measured size on each side of the best
+        # one: when the smallest (largest) size has the lowest loss, a convex parabola through monotone points
+        # can still put its vertex just inside the range, but nothing was measured beyond it.
+        best = N[idx][np.argmin(L[idx])]
+        edge = "smallest" if best <= N[idx].min() else "largest" if best >= N[idx].max() else None
+        ok = curv > 0 and N[idx].min() <= n_star <= N[idx].max() and edge is None
         if not ok:
+            where = f": the {edge} size has the lowest loss" if edge else ""
             warnings.append(f"C = {c:.3g}: no minimum inside the measured N range "
-                            f"({N[idx].min():.3g}..{N[idx].max():.3g}); extend the sizes toward the lower loss")
+                            f"({N[idx].min():.3g}..{N[idx].max():.3g}){where}; extend the sizes toward the lower loss")
         groups.append(IsoFlopGroup(C=c, N=N[idx], L=L[idx], N_star=n_star, L_star=l_star, ok=ok))
     good = [g for g in groups if g.ok]
     exponent = coef = None

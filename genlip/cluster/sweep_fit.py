@@ -162,6 +162,8 @@ def report_scaling(rows: list[dict], *, sweep_dir: Path, meta: dict, target: Tar
                    n_boot: int = 200) -> tuple[list[str], int]:
     """Fit, print, save fit.json / fit.png / isoflop.png; with a target, the budget answer. (lines, exit code:
     0, or 1 when the target cannot be answered)."""
+    import numpy as np
+
     from genlip.cluster.scaling import analyse
 
     a = analyse(rows, target_flops=[target.flops] if target else (), n_boot=n_boot)
@@ -194,8 +196,9 @@ def report_scaling(rows: list[dict], *, sweep_dir: Path, meta: dict, target: Tar
                                       "L_star": g.L_star, "ok": g.ok} for g in iso.groups],
                           "N_star_exponent": iso.exponent, "N_star_coef": iso.coef}
         lines.append("isoFLOP groups (parabola in log N; its minimum):")
-        lines += [f"  C = {g.C:.3g}: {len(g.N)} sizes, N* = {g.N_star:.3g}, L* = {g.L_star:.4g}"
-                  + ("" if g.ok else " (no minimum inside the measured sizes)") for g in iso.groups]
+        lines += [f"  C = {g.C:.3g}: {len(g.N)} sizes, N* = {g.N_star:.3g}, L* = {g.L_star:.4g}" if g.ok else
+                  f"  C = {g.C:.3g}: {len(g.N)} sizes, no minimum inside the measured sizes (lowest loss "
+                  f"{g.L.min():.4g} at N = {g.N[np.argmin(g.L)]:.3g})" for g in iso.groups]
         if iso.exponent is not None:
             lines.append(f"  N* ~ {iso.coef:.3g} C^{iso.exponent:.3f}")
         _plot_isoflop(iso, sweep_dir / "isoflop.png")
@@ -296,21 +299,30 @@ def _submit_line(preset: str, rows: list[dict], *, meta: dict, flops: float, nod
     overrides = [o for o in sweep.get("overrides", [])
                  if o.split("=", 1)[0].strip() not in ("model.preset", "train.total_samples", "parallel.tp",
                                                        "parallel.pp", "parallel.zero_stage", "train.output_dir")]
-    measured = [r["train_flops"] / r["samples"] for r in rows if r.get("status") == "done" and r.get("preset") == preset
-                and isinstance(r.get("train_flops"), (int, float)) and isinstance(r.get("samples"), (int, float))
-                and r["samples"] > 0]
-    median = sorted(measured)[len(measured) // 2] if measured else None
     try:
         cfg = preset_config(config, overrides, preset)
     except UserError as e:  # the sweep's config moved or changed since it ran: no submit line, still an answer
+        cfg, error = None, e
+    # Measured FLOPs per sample only from points that trained this very model: a point with the preset's name
+    # but its own model.width (a width sweep on one preset) has other FLOPs per sample; its trunk tells.
+    from genlip.info import count_params
+    from genlip.model.config import get_preset
+
+    trunk = count_params(cfg.model.build() if cfg is not None else get_preset(preset)).trunk
+    measured = [r["train_flops"] / r["samples"] for r in rows if r.get("status") == "done" and r.get("preset") == preset
+                and r.get("params_trunk") == trunk
+                and isinstance(r.get("train_flops"), (int, float)) and isinstance(r.get("samples"), (int, float))
+                and r["samples"] > 0]
+    median = sorted(measured)[len(measured) // 2] if measured else None
+    if cfg is None:
         from genlip.config import Config
 
         if median is not None:
-            return {"why": f"config {config}: {e}"}, "measured in this sweep", median
+            return {"why": f"config {config}: {error}"}, "measured in this sweep", median
         cfg = Config()
         cfg.model.preset = preset
         shape = sample_shape(cfg)
-        return {"why": f"config {config}: {e}"}, f"genlip-info at {_shape_text(shape)}", flops_per_sample(cfg, shape)[0]
+        return {"why": f"config {config}: {error}"}, f"genlip-info at {_shape_text(shape)}", flops_per_sample(cfg, shape)[0]
     if median is not None:
         fps, how = median, "measured in this sweep"
     else:

@@ -212,3 +212,29 @@ def test_analyse_fits_what_the_rows_support():
     assert result.allocation is None and result.isoflop is None
     assert [w for w in result.warnings if "range" in w] == []  # one k
     assert any("vary D as well" in w for w in result.warnings)
+
+
+def test_isoflop_needs_a_measured_size_beyond_the_best_one():
+    """Real tiny sweep (3 widths at 1.6e11 FLOPs): the loss rises with size, yet the parabola through the three
+    points puts its vertex just inside the range. The smallest size is the best: no minimum was measured."""
+    result = isoflop([48224, 141504, 463232], [1.605e11, 1.587e11, 1.605e11], [0.7011, 1.021, 2.707])
+    g = result.groups[0]
+    assert 48224 <= g.N_star <= 463232  # the vertex alone would pass
+    assert not g.ok and result.exponent is None
+    assert any("the smallest size has the lowest loss" in w for w in result.warnings)
+
+
+def test_n_opt_interval_reaching_zero_is_said_in_words():
+    """Bootstrap refits with alpha at 0 give N_opt = 0: the warning says so instead of 'a factor of inf'
+    (and no divide-by-zero RuntimeWarning)."""
+    import warnings as w
+
+    N, D, L = grid_points(4, seed=0)
+    fit = fit_joint(N, D, L, n_boot=20)
+    fit.boot[:5, list(fit.params).index("alpha")] = 0.0
+    with w.catch_warnings():
+        w.simplefilter("error")
+        alloc = compute_optimal(fit, 1e21, k=K)
+    assert alloc.intervals["N_opt"][0][0] == 0
+    assert any("interval reaches 0" in x for x in alloc.warnings)
+    assert not any("factor of inf" in x for x in alloc.warnings)

@@ -149,6 +149,31 @@ def test_isoflop_sweep_gets_parabolas_and_a_plot(capsys, tmp_path, monkeypatch):
     assert (tmp_path / "iso" / "isoflop.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_width_sweep_on_one_preset_measures_flops_per_sample_of_that_model_only(tmp_path):
+    """A sweep over model.width on the tiny preset: every point's result.json says preset tiny, but only the
+    points that trained the preset's own width may lend the submit line their measured FLOPs per sample
+    (the median over all widths gave the wrong sample count for the budget)."""
+    from genlip.cluster.sweep_fit import _submit_line
+
+    def width_run(width, samples):
+        model = get_preset("tiny", width=width, heads=width // 16, ffn=2 * width)
+        f = train_flops_per_sample(model, **SHAPE)
+        return {"status": "done", "preset": "tiny", "params_trunk": count_params(model).trunk, "samples": samples,
+                "train_flops": f * samples, "val_loss": 2.0}
+
+    slurm = {"nodes": 1, "gpus_per_node": 8, "tasks_per_node": 0, "gpu_memory_gib": 141.0, "time": "1:00:00"}
+    meta = {"sweep": {"name": "widths", "config": TINY, "overrides": [], "slurm": slurm,
+                      "output_dir": str(tmp_path)}, "config_path": TINY}
+    C = 1e15
+    others = [width_run(w, d) for w in (32, 128, 192) for d in (1e4, 3e4)]
+    _, how, f = _submit_line("tiny", others, meta=meta, flops=C, nodes=None)
+    assert f == pytest.approx(fps("tiny")) and how.startswith("genlip-info")  # no point trained tiny's width
+    own = width_run(64, 2e4) | {"train_flops": fps("tiny") * 2e4 * 1.01}  # measured: 1% more than counted
+    line, how, f = _submit_line("tiny", [*others, own], meta=meta, flops=C, nodes=None)
+    assert how == "measured in this sweep" and f == pytest.approx(fps("tiny") * 1.01)
+    assert f"train.total_samples={round(C / f)}" in shlex.split(line)
+
+
 def test_too_few_points_says_so(capsys, tmp_path, monkeypatch):
     runs = [result("b16", 1e7), None, result("small", 1e7, status="stopped_bad_steps")]
     write_sweep(tmp_path / "few", runs, monkeypatch=monkeypatch, running=(1,))
