@@ -7,7 +7,8 @@ Real: the library code (`open_dataset`, `RowSource`, `PackingPlan.build` and its
 `MicroBatches` index arithmetic), and the files it reads: `manifest.json` (one record per shard),
 `NAME.meta.npy` (28 bytes per sample) and MMIDIDX `.text.idx` / `.image.idx` (20 bytes per sample each).
 Simulated: pixels and tokens (the `.bin` files are sparse: the right size, no bytes written; the sha256s
-and the tokenizer are placeholders, so ranks open with check="none", as the trainer's loaders do), and the
+and the tokenizer are placeholders, so ranks open with check="none" and then time, apart, the check that
+the trainer's default check="auto" makes above ~30M samples: "sizes", every file present with its size), and the
 lengths (stage 1: 14x14 patches + 6 prompt tokens + a caption of ~68 +- 25 tokens; stage 2: 4..32 x 4..32
 patches + 6 + ~200 +- 80). The DP ranks run one after another on this machine, each a fresh process, with
 the page cache warm after the first, not concurrently on their own nodes; `--rank-procs` of each D are
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import hashlib
 import json
 import math
 import os
@@ -101,7 +103,8 @@ def fabricate(root: Path, n: int, *, stage: int, per_shard: int, seed: int = 0) 
     image = {"kind": "fixed" if stage == 1 else "native", "size": 224, "patch_size": 16, "min_patches": 16,
              "max_patches": 1024, "encoding": "jpeg", "quality": 95}
     manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "image": image, "shards": records,
-                "tokenizer": {"file": "tokenizer.model", "sha256": "0" * 64, "kind": "sentencepiece",
+                "tokenizer": {"file": "tokenizer.model", "sha256": hashlib.sha256(b"placeholder").hexdigest(),
+                              "kind": "sentencepiece",
                               "vocab_size": 32000, "end_ids": [2]},
                 "prompt": {"text": "Describe the image in detail.", "ids": PROMPT},
                 "totals": {t: sum(r[t] for r in records) for t in ("samples", "text_tokens", "patches")},
@@ -208,13 +211,19 @@ def child(job: dict) -> dict:
         rows = PackedRows(LoaderSpec(datasets=[job["root"]], packing=spec, global_rows=2 * D, micro_rows=1,
                                      num_workers=0, check="none"))
         out["open_s"], t = time.perf_counter() - t, time.perf_counter()
+        from genlip.data.shards import check_files
+
+        assert not check_files(job["root"], rows.datasets[0].manifest, level="sizes")
+        out["check_s"], t = time.perf_counter() - t, time.perf_counter()
         micro = MicroBatches(rows, dp_rank=r, dp_size=D)
 
         def step_ids(step):
             return [rows.sources[i].samples(j) for k in range(step * micro.accum, (step + 1) * micro.accum)
                     for i, j in map(rows.locate, micro.global_rows(k))]
 
-        step_ids(0)
+        for ids in step_ids(0):  # and open the shards its samples are in (their .bin bytes are not read)
+            for i in ids.tolist():
+                rows.datasets[0].locate(i)
         out["first_s"], t = time.perf_counter() - t, time.perf_counter()
         epoch_rows = rows.sources[0].plan.rows_in_epoch(0)
         step_ids(epoch_rows // 2 // (2 * D))
@@ -232,6 +241,7 @@ def child(job: dict) -> dict:
                     i, j = rows.locate(g)
                     rows.sources[i].samples(j)
                 out[f"rows_per_s_{name}"] = n / (time.perf_counter() - t)
+        out["open_shards"] = rows.datasets[0].shards.num_open
         out["fds"] = len(os.listdir("/proc/self/fd"))  # each memory-mapped file holds a descriptor and a map
         out["maps"] = sum(1 for _ in open("/proc/self/maps"))
     out["total_s"] = time.perf_counter() - t0
@@ -290,9 +300,11 @@ def measure(n: int, args, work: Path) -> dict:
         ranks = sorted({round(k * (D - 1) / max(1, args.rank_procs - 1)) for k in range(min(D, args.rank_procs))})
         res = [run_child({"kind": "rank", "root": str(root), "spec": spec, "dp": D, "rank": r,
                           "index_rows": args.index_rows if r == 0 and D == args.ranks[0] else 0}) for r in ranks]
-        start = [x["open_s"] + x["first_s"] for x in res]  # the interpreter and torch import apart: import_s
+        start = [x["open_s"] + x["check_s"] + x["first_s"] for x in res]  # the interpreter and torch import apart: import_s
         row[f"start_{D}"] = (start[0], float(np.median(start)), max(start))
         row[f"open_{D}"] = float(np.median([x["open_s"] for x in res]))
+        row["check_s"] = float(np.median([x["check_s"] for x in res]))
+        row["open_shards"] = max(x["open_shards"] for x in res)
         row[f"rank_hwm_{D}"] = max(x["hwm"] for x in res)
         row[f"rank_anon_{D}"] = max(x["anon"] for x in res)
         row[f"resume_{D}"] = max(x["resume_s"] for x in res)
@@ -339,7 +351,7 @@ def table(rows: list[dict], ranks: list[int]) -> str:
     head = ["samples", "how", "shards", "plan build s (lengths + pack)", "build peak anon / HWM GiB", "plan MB",
             "fill %", "baseline build s, peak anon GiB"]
     head += [f"rank start-up s D={D} (first/med/max)" for D in ranks]
-    head += ["of which manifest sha256 s", "import s", "rank peak anon / HWM GiB", "rank fds / maps",
+    head += ["of which sizes check s", "of which manifest sha256 s", "shards opened", "import s", "rank peak anon / HWM GiB", "rank fds / maps",
              "rows/s seq / rand"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -351,7 +363,9 @@ def table(rows: list[dict], ranks: list[int]) -> str:
                  f"{r['legacy_s']:.1f}, {_gb(r['legacy_anon'])} ({r['legacy_s'] / r['build_s']:.1f}x, "
                  f"{r['legacy_anon'] / r['build_anon']:.1f}x)" if "legacy_s" in r else "-"]
         cells += ["/".join(f"{x:.1f}" for x in r[f"start_{D}"]) if f"start_{D}" in r else "-" for D in ranks]
+        cells.append(f"{r['check_s']:.2f}" if "check_s" in r else "-")
         cells.append(f"{r['manifest_hash_s']:.2f}" if "manifest_hash_s" in r else "-")
+        cells.append(f"{r['open_shards']:.0f}" if "open_shards" in r else "-")
         cells.append(f"{r['import_s']:.1f}" if "import_s" in r else "-")
         k = f"rank_anon_{ranks[-1]}" if ranks else None
         cells.append(f"{_gb(r[k])} / {_gb(r[f'rank_hwm_{ranks[-1]}'])}" if k in r else "-")

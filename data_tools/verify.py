@@ -34,7 +34,7 @@ def verify(root: Path, *, decode_fraction: float = 1.0, seed: int = 0, quiet: bo
     if not any(rec["samples"] for rec in manifest["shards"]):
         defects.append(f"{root}: the dataset has no samples, so training and evaluation cannot use it; rebuild it "
                        "from inputs with valid samples (manifest.json 'skipped' says why samples were dropped)")
-    damaged = check_files(root, manifest, checksums=True)
+    damaged = check_files(root, manifest, level="full")
     if damaged:
         return defects + damaged  # opening corrupt index files would only repeat these
     defects += tokenizer_defects(root, manifest)
@@ -44,10 +44,19 @@ def verify(root: Path, *, decode_fraction: float = 1.0, seed: int = 0, quiet: bo
         return defects + [str(e)]
     mode: ImageMode = ds.image_mode
     rng = np.random.default_rng(seed)
-    for shard, rec in zip(ds.shards, manifest["shards"]):
+    unreadable = set()
+    for k, rec in enumerate(manifest["shards"]):
+        try:
+            shard = ds.shards[k]  # opening checks its files against each other and the record
+        except (DatasetError, ValueError, OSError) as e:
+            unreadable.add(k)
+            defects.append(str(e))
+            continue
         defects += shard_defects(root, shard, rec, manifest)
     total = ds.num_samples
     for s in tqdm(range(total), desc="samples", unit=" samples", disable=quiet):
+        if int(np.searchsorted(ds.offsets, s, side="right")) - 1 in unreadable:
+            continue
         try:
             image, _, _, meta = read_sample(ds, s)
             if rng.random() < decode_fraction:

@@ -63,7 +63,7 @@ class DataSection:
     num_workers: int = 4
     """Loader worker processes per rank."""
     check: str = "auto"
-    """Dataset integrity check at start-up: auto, full, quick, none."""
+    """Dataset integrity check at start-up: auto, full, quick, sizes, none (genlip.data.shards.open_dataset)."""
     pad_vocab_to: int = 128
     """When model.vocab_size is unset, the tokenizer's vocab is padded to a multiple of this (same for any tp)."""
 
@@ -298,7 +298,7 @@ RANGES = {
     "eval.max_samples": _AT_LEAST_1, "eval.max_new_tokens": _AT_LEAST_1, "eval.probe_epochs": _AT_LEAST_1,
     "eval.seed": _NON_NEGATIVE,
 }
-CHOICES = {"data.check": ("auto", "full", "quick", "none"), "train.dtype": ("bf16", "fp32"),
+CHOICES = {"data.check": ("auto", "full", "quick", "sizes", "none"), "train.dtype": ("bf16", "fp32"),
            "train.save_failure": ("stop", "warn"), "parallel.pipe_partition": ("uniform", "parameters")}
 INT_LISTS = {"train.debug_nan_steps", "train.debug_save_fail_steps"}
 STR_LISTS = {"data.datasets", "data.val_datasets", "eval.probes", "eval.loss_data", "eval.caption_data",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from genlip.errors import UserError
 
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -26,6 +27,15 @@ HEADER_BYTES = len(MAGIC) + 8 + 1 + 8 + 8
 
 class IndexedFormatError(UserError):
     """A .bin/.idx pair that is not a valid MMIDIDX file (message names the file)."""
+
+
+def map_file(path: str | Path) -> memoryview | bytes:
+    """The whole file memory-mapped read-only (b"" when empty): plain `mmap`, a fraction of `np.memmap`'s cost,
+    which counts when a billion-sample dataset's shards are opened as they are read."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return b""
+        return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
 
 
 class IndexedWriter:
@@ -74,7 +84,7 @@ class IndexedReader:
 
     def __init__(self, bin_path: str | Path, idx_path: str | Path):
         self.bin_path, self.idx_path = Path(bin_path), Path(idx_path)
-        raw = np.memmap(self.idx_path, mode="r", dtype=np.uint8)
+        raw = map_file(self.idx_path)
         if len(raw) < HEADER_BYTES or bytes(raw[: len(MAGIC)]) != MAGIC:
             raise IndexedFormatError(f"{self.idx_path}: not an MMIDIDX index (bad magic or truncated header)")
         version, code, n, ndoc = struct.unpack("<QBQQ", bytes(raw[len(MAGIC):HEADER_BYTES]))
@@ -95,7 +105,7 @@ class IndexedReader:
             raise IndexedFormatError(f"{self.bin_path}: {actual} bytes, but {self.idx_path.name} describes {expected}")
         if n and (self.pointers[0] != 0 or np.any(self.pointers[1:] != np.cumsum(self.lengths[:-1].astype(np.int64) * itemsize))):
             raise IndexedFormatError(f"{self.idx_path}: sequence pointers do not follow the lengths")
-        self._bin = np.memmap(self.bin_path, mode="r", dtype=np.uint8) if actual else np.zeros(0, np.uint8)
+        self._bin = map_file(self.bin_path)
 
     def __len__(self) -> int:
         return len(self.lengths)

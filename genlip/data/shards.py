@@ -14,9 +14,14 @@ a shard that looks finished. Per-sample CRC32s let the loader catch a corrupt by
 
 from __future__ import annotations
 
+import functools
+import io
 import json
+import operator
 import os
 import zlib
+from collections import OrderedDict
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +30,7 @@ import numpy as np
 
 from genlip.atomic import atomic_write_json
 from genlip.data.images import ImageMode
-from genlip.data.indexed import IndexedFormatError, IndexedReader, IndexedWriter
+from genlip.data.indexed import IndexedFormatError, IndexedReader, IndexedWriter, map_file
 from genlip.data.manifest import DatasetError, structure_problem, tokenizer_defects
 from genlip.data.tokenizer import file_sha256
 
@@ -133,14 +138,115 @@ class Shard:
     meta: np.ndarray
 
 
+def _max_open_shards() -> int:
+    """Shards kept open at once: each holds up to 7 file descriptors and memory maps (three .bin/.idx pairs
+    and the metadata), so the bound follows this process's descriptor limit, within [16, 2048] (2048 x 7
+    maps stays well under Linux's default vm.max_map_count of 65530)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        soft = 1024
+    if soft == getattr(resource, "RLIM_INFINITY", -1):
+        soft = 1 << 20
+    return max(16, min(2048, (soft - 128) // 8))
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(header: bytes) -> tuple[tuple, bool, np.dtype, int]:
+    """(shape, fortran order, dtype, data offset) of an .npy v1.0 header; cached, as the shards' metadata
+    files share a few headers and parsing one costs more than mapping the file."""
+    f = io.BytesIO(header)
+    if np.lib.format.read_magic(f) != (1, 0):
+        raise ValueError("not an .npy version 1.0 file")
+    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    return shape, fortran, dtype, f.tell()
+
+
+class ShardSet(Sequence):
+    """The dataset's shards, each opened (memory-mapped) on first use.
+
+    A billion-sample dataset has ~10^5 shards: opening them all would cost every rank most of a minute at
+    start-up and more descriptors and memory maps than a process may hold. Here a shard is opened when a
+    sample of it is first read, checked then (its files agree with each other and the manifest), and at
+    most `max_open` stay open, the least recently used closed first.
+    """
+
+    def __init__(self, root: Path, records: list[dict], max_open: int | None = None):
+        self.root, self.records = Path(root), records
+        self.max_open = max_open or _max_open_shards()
+        self._open: OrderedDict[int, Shard] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, s: int) -> Shard:
+        s = operator.index(s)
+        if s < 0:
+            s += len(self.records)
+        if not 0 <= s < len(self.records):
+            raise IndexError(f"shard {s} of {len(self.records)}")
+        shard = self._open.get(s)
+        if shard is None:
+            shard = self._open[s] = self._load(self.records[s])
+            if len(self._open) > self.max_open:
+                self._open.popitem(last=False)  # its maps close once no view of them is left
+        else:
+            self._open.move_to_end(s)
+        return shard
+
+    @property
+    def num_open(self) -> int:
+        return len(self._open)
+
+    def meta(self, s: int) -> np.ndarray:
+        """Shard s's metadata alone (memory-mapped; for whole-dataset passes such as the packing plan)."""
+        if s in self._open:
+            return self._open[s].meta
+        rec = self.records[s]
+        meta = self._load_meta(self.root / "shards" / rec["name"])
+        if len(meta) != rec["samples"]:
+            raise DatasetError(f"{self.root}/shards/{rec['name']}.meta.npy: holds {len(meta)} samples, manifest says "
+                               f"{rec['samples']}")
+        return meta
+
+    @staticmethod
+    def _load_meta(base: Path) -> np.ndarray:
+        """NAME.meta.npy memory-mapped (28 bytes per sample: never all in memory)."""
+        path = f"{base}.meta.npy"
+        raw = map_file(path)
+        try:
+            shape, fortran, dtype, offset = _npy_header(bytes(raw[:10 + int.from_bytes(raw[8:10], "little")]))
+            if dtype != META_DTYPE or fortran or len(shape) != 1:
+                raise ValueError(f"holds {dtype} {shape}, not shard metadata {META_DTYPE}")
+            return np.frombuffer(raw, dtype=META_DTYPE, count=shape[0], offset=offset)
+        except ValueError as e:  # not an .npy file, truncated, or another array
+            raise DatasetError(f"{path}: not readable shard metadata ({e}); run `genlip-data verify`") from None
+
+    def _load(self, rec: dict) -> Shard:
+        base = self.root / "shards" / rec["name"]
+        try:
+            readers = {k: IndexedReader(f"{base}.{k}.bin", f"{base}.{k}.idx")
+                       for k in KINDS if f"{rec['name']}.{k}.bin" in rec["files"]}
+        except IndexedFormatError as e:
+            raise DatasetError(str(e)) from None
+        meta = self._load_meta(base)
+        n = rec["samples"]
+        if not len(readers["text"]) == len(readers["image"]) == len(meta) == n:
+            raise DatasetError(f"{base}: text/image/meta hold {len(readers['text'])}/{len(readers['image'])}/"
+                               f"{len(meta)} samples, manifest says {n}")
+        return Shard(rec["name"], readers["text"], readers["image"], readers.get("prompt"), meta)
+
+
 @dataclass
 class ShardDataset:
-    """An opened dataset directory: manifest, image mode and memory-mapped shards."""
+    """An opened dataset directory: manifest, image mode and its shards (opened as they are read)."""
 
     root: Path
     manifest: dict
     image_mode: ImageMode
-    shards: list[Shard] = field(default_factory=list)
+    shards: ShardSet | list[Shard] = field(default_factory=list)
     offsets: np.ndarray = None  # [num_shards + 1] first global sample index of each shard
 
     @property
@@ -151,14 +257,20 @@ class ShardDataset:
         s = int(np.searchsorted(self.offsets, index, side="right")) - 1
         return self.shards[s], index - int(self.offsets[s])
 
+    def shard_lengths(self, s: int, default_prompt_len: int) -> np.ndarray:
+        """Tokens per sample of shard s (patches + prompt + caption/end), int64."""
+        m = self.shards.meta(s) if isinstance(self.shards, ShardSet) else self.shards[s].meta
+        rec = self.manifest["shards"][s]
+        prompt = m["prompt_len"].astype(np.int64)
+        if f"{rec['name']}.prompt.bin" in rec["files"]:
+            prompt[prompt == 0] = default_prompt_len  # samples without their own prompt use the default one
+        else:
+            prompt[:] = default_prompt_len
+        return m["grid_h"].astype(np.int64) * m["grid_w"] + prompt + m["text_len"]
+
     def lengths(self, default_prompt_len: int) -> np.ndarray:
         """Tokens per sample (patches + prompt + caption/end), in global sample order (int64)."""
-        out = []
-        for sh in self.shards:
-            m = sh.meta
-            prompt = np.where(m["prompt_len"] > 0, m["prompt_len"], default_prompt_len) if sh.prompt is not None \
-                else np.full(len(m), default_prompt_len)
-            out.append(m["grid_h"].astype(np.int64) * m["grid_w"] + prompt + m["text_len"])
+        out = [self.shard_lengths(s, default_prompt_len) for s in range(len(self.shards))]
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
@@ -190,8 +302,9 @@ def manifest_hash(root: str | Path) -> str:
     return file_sha256(Path(root) / "manifest.json")
 
 
-def check_files(root: str | Path, manifest: dict, *, checksums: bool) -> list[str]:
-    """Defects of the files against the manifest: missing, size, and (if `checksums`) sha256."""
+def check_files(root: str | Path, manifest: dict, *, level: str) -> list[str]:
+    """Defects of the files against the manifest: missing, size, and sha256 of every file ("full"), of the
+    .idx/.npy files ("quick") or of none ("sizes")."""
     root = Path(root)
     defects = []
     tok = manifest["tokenizer"]
@@ -207,54 +320,46 @@ def check_files(root: str | Path, manifest: dict, *, checksums: bool) -> list[st
                 defects.append(f"{path}: missing")
             elif path.stat().st_size != info["bytes"]:
                 defects.append(f"{path}: {path.stat().st_size} bytes, manifest says {info['bytes']}")
-            elif (checksums or fname.endswith((".idx", ".npy"))) and file_sha256(path) != info["sha256"]:
+            elif (level == "full" or level == "quick" and fname.endswith((".idx", ".npy"))) \
+                    and file_sha256(path) != info["sha256"]:
                 defects.append(f"{path}: sha256 differs from the manifest (corrupt file)")
     return defects
 
 
 FULL_CHECK_BYTES = 2 << 30  # "auto" hashes every file of datasets up to this size
+QUICK_CHECK_BYTES = 2 << 30  # ... and the .idx/.npy files of datasets whose index files total up to this
 
 
 def open_dataset(root: str | Path, *, check: str = "auto") -> ShardDataset:
     """Open a dataset for reading after checking it against its manifest.
 
     check: "full" (sha256 of every file), "quick" (every file present with its size, sha256 of the small
-    .idx/.npy files; corrupt .bin bytes are then caught by per-sample CRCs at read time), "auto" (full up
-    to 2 GiB of data, quick above) or "none". All but "none" also check the tokenizer fields against the
-    tokenizer file (genlip.data.manifest.tokenizer_defects).
+    .idx/.npy files; corrupt .bin bytes are then caught by per-sample CRCs at read time), "sizes" (every file
+    present with its size; each shard's index files are checked against each other when it is opened),
+    "auto" (full up to 2 GiB of data, quick while the index files total up to 2 GiB, about 30M samples,
+    sizes above: hashing a billion samples' 68 GB of index files would hold up every rank for minutes) or
+    "none". All but "none" also check the tokenizer fields against the tokenizer file
+    (genlip.data.manifest.tokenizer_defects). Shards are opened as they are read (`ShardSet`).
     """
     root = Path(root)
     manifest = load_manifest(root)
     if check == "auto":
-        size = sum(f["bytes"] for rec in manifest["shards"] for f in rec["files"].values())
-        check = "full" if size <= FULL_CHECK_BYTES else "quick"
+        files = [(name, f["bytes"]) for rec in manifest["shards"] for name, f in rec["files"].items()]
+        size = sum(b for _, b in files)
+        index = sum(b for name, b in files if name.endswith((".idx", ".npy")))
+        check = "full" if size <= FULL_CHECK_BYTES else "quick" if index <= QUICK_CHECK_BYTES else "sizes"
     if check != "none":
         # NOTE: the tokenizer too: a vocab_size edited in the manifest would size the model wrongly, and
         # tensor parallelism would then train on out-of-range token ids without an error.
-        defects = check_files(root, manifest, checksums=check == "full") or tokenizer_defects(root, manifest)
+        defects = check_files(root, manifest, level=check) or tokenizer_defects(root, manifest)
         if defects:
             more = f" (and {len(defects) - 1} more defect(s))" if len(defects) > 1 else ""
             raise DatasetError(f"dataset {root} does not match its manifest: {defects[0]}{more}; run "
                                f"`genlip-data verify {root}` for a full report")
     mode = ImageMode(**manifest["image"])
-    ds = ShardDataset(root=root, manifest=manifest, image_mode=mode)
-    counts = [0]
-    for rec in manifest["shards"]:
-        base = root / "shards" / rec["name"]
-        try:
-            readers = {k: IndexedReader(f"{base}.{k}.bin", f"{base}.{k}.idx")
-                       for k in KINDS if f"{rec['name']}.{k}.bin" in rec["files"]}
-        except IndexedFormatError as e:
-            raise DatasetError(str(e)) from None
-        meta = np.load(f"{base}.meta.npy", mmap_mode="r")  # 28 bytes per sample: never all in memory
-        n = rec["samples"]
-        if not len(readers["text"]) == len(readers["image"]) == len(meta) == n:
-            raise DatasetError(f"{base}: text/image/meta hold {len(readers['text'])}/{len(readers['image'])}/"
-                               f"{len(meta)} samples, manifest says {n}")
-        ds.shards.append(Shard(rec["name"], readers["text"], readers["image"], readers.get("prompt"), meta))
-        counts.append(counts[-1] + n)
-    ds.offsets = np.asarray(counts, dtype=np.int64)
-    return ds
+    counts = np.cumsum([0] + [rec["samples"] for rec in manifest["shards"]], dtype=np.int64)
+    return ShardDataset(root=root, manifest=manifest, image_mode=mode, shards=ShardSet(root, manifest["shards"]),
+                        offsets=counts)
 
 
 def read_sample(ds: ShardDataset, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.void]:

@@ -139,6 +139,52 @@ def test_truncated_idx_is_caught(datasets, tmp_path, capsys):
         PackedRows(spec_for([bad], micro_rows=1, check="quick"))
 
 
+def test_shards_open_as_they_are_read_and_stay_bounded(datasets):
+    """A billion-sample dataset has ~10^5 shards: opening the dataset opens none, and reading keeps at most
+    `max_open` shards (their descriptors and memory maps) open, with the same bytes as reading with all open."""
+    eager = open_dataset(datasets[0], check="none")
+    assert len(eager.shards) == 3 and eager.shards.num_open == 0
+    expect = [[np.array(a) if a is not None else None for a in read_sample(eager, i)[:3]] for i in range(eager.num_samples)]
+    assert eager.shards.num_open == 3
+    lazy = open_dataset(datasets[0], check="none")
+    lazy.shards.max_open = 1
+    order = np.random.default_rng(0).permutation(lazy.num_samples)
+    for i in order.tolist():
+        got = read_sample(lazy, i)[:3]
+        assert lazy.shards.num_open == 1
+        for a, b in zip(got, expect[i]):
+            assert (a is None and b is None) or np.array_equal(a, b)
+    assert np.array_equal(lazy.lengths(6), eager.lengths(6))
+
+
+def test_auto_check_at_scale_checks_sizes_then_each_shard_as_it_opens(datasets, tmp_path, monkeypatch):
+    """Past ~30M samples "auto" no longer hashes the index files at start-up (68 GB at a billion samples):
+    files must be present with their sizes, and a shard whose .idx was altered in place fails when opened."""
+    from genlip.data import shards
+    from genlip.data.indexed import HEADER_BYTES
+
+    bad = tmp_path / "bad"
+    shutil.copytree(datasets[0], bad, ignore=shutil.ignore_patterns("packing"))
+    idx = bad / "shards" / "00001.text.idx"
+    data = bytearray(idx.read_bytes())
+    n = int(np.frombuffer(bytes(data[HEADER_BYTES - 16:HEADER_BYTES - 8]), np.int64)[0])
+    data[HEADER_BYTES + 4 * n + 8] ^= 0x01  # sequence 1's pointer, same file size
+    idx.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="00001.text.idx: sha256 differs"):
+        open_dataset(bad)  # small: "auto" is "full"
+    monkeypatch.setattr(shards, "FULL_CHECK_BYTES", 0)
+    with pytest.raises(DatasetError, match="00001.text.idx: sha256 differs"):
+        open_dataset(bad)  # "quick": the index files are hashed
+    monkeypatch.setattr(shards, "QUICK_CHECK_BYTES", 0)
+    ds = open_dataset(bad)  # "sizes"
+    read_sample(ds, 0)
+    with pytest.raises(DatasetError, match="00001.text.idx: sequence pointers do not follow the lengths"):
+        read_sample(ds, int(ds.offsets[1]))
+    (bad / "shards" / "00002.image.bin").write_bytes(b"short")
+    with pytest.raises(DatasetError, match="00002.image.bin: 5 bytes, manifest says"):
+        open_dataset(bad)
+
+
 def test_plan_inputs_and_old_int64_plans(datasets, tmp_path):
     """The packing reads int32 lengths equal to the dataset's own; a plan stored in int64 (as plans were
     before) gives the loader the same rows as the int32 plan built now."""
