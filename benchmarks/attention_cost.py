@@ -13,7 +13,8 @@ attention time against the sum of the samples' squared lengths.
               the longest of the step, prefix-LM mask per sample (`sdpa_dense` on those rows)
       dense   the packed rows with one dense [S, S] mask per row (`sdpa_dense`, the CPU path before)
     Interleaved rounds (a different step each round, after one warm-up round), median step time, tokens/s of
-    real tokens and the ratios ours/padded and ours/dense.
+    real tokens and the ratios ours/padded and ours/dense; `paired` is the median over rounds of each
+    round's ours/padded ratio (same samples, run back to back).
 (b) Attention alone (one layer's q, k, v of the preset's heads, forward + backward) on one row of S slots
     holding different sample mixes: time of `sdpa` against sum(L_i^2), and of `sdpa_dense` against S^2.
 """
@@ -86,7 +87,7 @@ def part_a(args, cfg) -> None:
     print(f"(a) {args.preset} fwd+bwd, {args.mix} mix, {args.slots} slots per step, median of {args.rounds} rounds "
           f"(real tokens/s)")
     print(f"{'S':>5} {'rows':>4} {'samples':>7} {'fill':>5} {'pad fill':>8} {'ours':>8} {'padded':>8} {'dense':>8}"
-          f" {'ours/padded':>11} {'ours/dense':>10}")
+          f" {'ours/padded':>11} {'paired':>11} {'ours/dense':>10}")
     for S in args.seq_lens:
         rows = max(1, args.slots // S)
         steps = steps_for(args.mix, S, rows, args.rounds + 1, cfg)
@@ -98,11 +99,14 @@ def part_a(args, cfg) -> None:
                 if r:  # round 0 is the warm-up
                     times[name].append(dt)
         tps = {n: statistics.median(tok / t for (_, _, tok), t in zip(steps[1:], ts)) for n, ts in times.items()}
+        # paired: each round's ratio on the same samples, minutes apart at most; its median is less exposed to
+        # the machine's load drifting during the run than the ratio of the two medians
+        paired = statistics.median(b / a for a, b in zip(times["sdpa"], times["padded"]))
         packed, padded, tok = steps[1]
         n = padded.tokens.shape[0]
         print(f"{S:>5} {rows:>4} {n:>7} {tok / packed.tokens.numel():>5.2f} {tok / padded.tokens.numel():>8.2f} "
               f"{tps['sdpa']:>8.0f} {tps['padded']:>8.0f} {tps['sdpa_dense']:>8.0f} "
-              f"{tps['sdpa'] / tps['padded']:>10.2f}x {tps['sdpa'] / tps['sdpa_dense']:>9.2f}x")
+              f"{tps['sdpa'] / tps['padded']:>10.2f}x {paired:>10.2f}x {tps['sdpa'] / tps['sdpa_dense']:>9.2f}x")
 
 
 def part_b(args, cfg) -> None:

@@ -7,7 +7,8 @@ Every backend costs about the sum over samples of their squared lengths, not row
 - `sdpa`: torch SDPA over each sample's own span (the CPU path). Samples are gathered out of the packed
   rows into a few batches of similar length (a bucket pads its samples to its longest, with the
   bucket boundaries chosen to minimise padded pairs + a per-call cost), one SDPA call per bucket with
-  that bucket's [G, 1, Lb, Lb] prefix-LM mask; indices and masks are built once per forward.
+  that bucket's [G, 1, Lb, Lb] prefix-LM mask; indices and masks are built once per forward. With
+  `unpadded=True` (what `GenLIP.trunk` uses) q, k, v hold the T real slots only, [1, T, H, Dh].
 - `sdpa_dense`: torch SDPA with the dense [B, S, S] mask over whole rows (cost rows x S^2). The oracle.
 - `flash`: flash-attn varlen, two calls per layer whatever the number of samples, and no mask tensor:
   image queries over the sample's image keys (non-causal), text queries over the sample's [image; text]
@@ -71,13 +72,16 @@ def resolve_backend(name: str, device: torch.device) -> str:
     return name
 
 
-def make_attention(layout: Layout, backend: str, *, varlen_fn=None) -> Attend:
+def make_attention(layout: Layout, backend: str, *, varlen_fn=None, unpadded: bool = False) -> Attend:
     """Build the attention function for one forward pass (shared by all layers).
 
     `varlen_fn` replaces flash-attn's `flash_attn_varlen_func` (tests use `varlen_reference`).
+    `unpadded` (sdpa only): q, k, v are [1, T, H, Dh], the real slots alone in order (`layout.real_index`).
     """
     if backend == "sdpa":
-        return _span_attention(layout)
+        return _span_attention(layout, unpadded=unpadded)
+    if unpadded:
+        raise ValueError(f"attention backend {backend!r} runs on padded rows only")
     if backend == "sdpa_dense":
         mask = layout.dense_mask()[:, None]  # [B, 1, S, S]
 
@@ -124,31 +128,37 @@ def _bucket_samples(lengths: list[int], call_cost: int) -> list[list[int]]:
     return groups[::-1]
 
 
-class _Shuffle(torch.autograd.Function):
+class Shuffle(torch.autograd.Function):
     """y = [x; 0][index], where each row of x is taken at most once (index may repeat the zero row len(x)).
 
     NOTE: index_select's backward is a scatter-add, slow on CPU (it was 28% of a training step); with the
-    inverse map known the backward is a gather too: gx = [gy; 0][inverse] (len(y) for rows not taken)."""
+    inverse map known the backward is a gather too: gx = [gy; 0][inverse] (len(y) for rows not taken).
+    `zero_fwd` / `zero_bwd` say whether index / inverse use the zero row at all: appending it copies the
+    whole tensor, so it is skipped when not needed (the caller knows from its index construction)."""
 
     @staticmethod
-    def forward(ctx, x, index, inverse):
+    def forward(ctx, x, index, inverse, zero_fwd=True, zero_bwd=True):
         ctx.save_for_backward(inverse)
-        return torch.cat([x, x.new_zeros(1, *x.shape[1:])]).index_select(0, index)
+        ctx.zero_bwd = zero_bwd
+        return (torch.cat([x, x.new_zeros(1, *x.shape[1:])]) if zero_fwd else x).index_select(0, index)
 
     @staticmethod
     def backward(ctx, gy):
         (inverse,) = ctx.saved_tensors
-        return torch.cat([gy, gy.new_zeros(1, *gy.shape[1:])]).index_select(0, inverse), None, None
+        gy = torch.cat([gy, gy.new_zeros(1, *gy.shape[1:])]) if ctx.zero_bwd else gy
+        return gy.index_select(0, inverse), None, None, None, None
 
 
-def _span_attention(layout: Layout, call_cost: int = CALL_COST_PAIRS) -> Attend:
-    """SDPA over each sample's span, samples batched by length (see the module docstring)."""
+def _span_attention(layout: Layout, call_cost: int = CALL_COST_PAIRS, unpadded: bool = False) -> Attend:
+    """SDPA over each sample's span, samples batched by length (see the module docstring). `unpadded`: the
+    inputs hold the T real slots only, so sample i is rows cu_real[i]..cu_real[i+1] of them."""
     device = layout.sample_id.device
     cu_real, cu_image = layout.cu_real.long(), layout.cu_image.long()
-    start = layout.real_index[cu_real[:-1]].cpu()  # flat slot of each sample's first token
+    # flat slot (or real position) of each sample's first token
+    start = (cu_real[:-1] if unpadded else layout.real_index[cu_real[:-1]]).cpu()
     length = (cu_real[1:] - cu_real[:-1]).cpu()
     n_image = (cu_image[1:] - cu_image[:-1]).cpu()
-    slots = layout.batch_size * layout.seq_len
+    slots = int(cu_real[-1]) if unpadded else layout.batch_size * layout.seq_len
     shapes, masks, gathers = [], [], []  # per bucket: (G, Lb), [G, 1, Lb, Lb] mask, [G*Lb] flat slot or `slots`
     for group in _bucket_samples(length.tolist(), call_cost):
         g = torch.tensor(group)
@@ -173,6 +183,10 @@ def _span_attention(layout: Layout, call_cost: int = CALL_COST_PAIRS) -> Attend:
         out_index[gather[taken]] = taken.nonzero().flatten()
         out_inv = torch.full((total + slots,), slots, dtype=torch.long)
         out_inv[out_index] = torch.arange(slots)
+        if unpadded:  # no padding slot: every output comes from the buckets, `v` is not appended
+            out_inv = out_inv[:total]
+        # which maps use the zero row: bucket padding (into), slots no bucket takes (their gradient is 0)
+        zero_in, zero_in_bwd = bool((~taken).any()), bool((gather_inv == total).any())
         gather, gather_inv, out_index, out_inv = (t.to(device) for t in (gather, gather_inv, out_index, out_inv))
 
     def attend(q, k, v):
@@ -180,7 +194,7 @@ def _span_attention(layout: Layout, call_cost: int = CALL_COST_PAIRS) -> Attend:
         if not shapes:  # every slot is padding: each sees only itself
             return v.clone()
         qf, kf, vf = (t.reshape(B * S, H, Dh) for t in (q, k, v))
-        qb, kb, vb = (_Shuffle.apply(t, gather, gather_inv) for t in (qf, kf, vf))
+        qb, kb, vb = (Shuffle.apply(t, gather, gather_inv, zero_in, zero_in_bwd) for t in (qf, kf, vf))
         outs, at = [], 0
         for (G, Lb), mask in zip(shapes, masks):
             qs, ks, vs = (t[at:at + G * Lb].view(G, Lb, H, Dh).transpose(1, 2) for t in (qb, kb, vb))
@@ -188,7 +202,9 @@ def _span_attention(layout: Layout, call_cost: int = CALL_COST_PAIRS) -> Attend:
             outs.append(o.transpose(1, 2).reshape(G * Lb, H, Dh))
             at += G * Lb
         # padding slots keep their own value, as in the dense oracle where each sees only itself
-        return _Shuffle.apply(torch.cat(outs + [vf]), out_index, out_inv).view(B, S, H, Dh)
+        src = (outs[0] if len(outs) == 1 else torch.cat(outs)) if unpadded else torch.cat(outs + [vf])
+        # backward: bucket padding rows, and (padded rows) the `v` rows of real slots, get no gradient
+        return Shuffle.apply(src, out_index, out_inv, False, zero_in or not unpadded).view(B, S, H, Dh)
 
     return attend
 

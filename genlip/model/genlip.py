@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from genlip.model.attention import attend_all, make_attention, resolve_backend
+from genlip.model.attention import Shuffle, attend_all, make_attention, resolve_backend
 from genlip.model.batch import Layout, PackedBatch, make_layout
 from genlip.model.config import ModelConfig
 from genlip.model.init import set_init
@@ -136,18 +136,37 @@ class GenLIP(nn.Module):
                 x = block(x, rope, attend, cache)
         return x
 
+    def trunk(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """The blocks over embedded rows x [B, S, D]. With the CPU span attention (`sdpa`) they run on the
+        real slots alone, [1, T, D]: nothing real depends on a padding slot, so the linear layers skip the
+        rows' unfilled tails (benchmarks/attention_cost.py); padding slots come back as zeros (nothing
+        reads them)."""
+        if self.varlen_fn is not None or resolve_backend(self.cfg.attn_backend, x.device) != "sdpa":
+            return self.run_blocks(x, *self.context(layout, x.dtype))
+        B, S, D = x.shape
+        take = layout.real_index  # [T] slot of each real token
+        put = torch.full((B * S,), len(take), dtype=torch.long, device=x.device)  # slot -> its token, or the zero row
+        put[take] = torch.arange(len(take), device=x.device)
+        c = self.cfg
+        rope = make_rope(layout.position_ids.reshape(3, 1, B * S)[:, :, take], head_dim=c.head_dim,
+                         section=c.mrope_section, theta=c.rope_theta, dtype=x.dtype)
+        attend = make_attention(layout, "sdpa", unpadded=True)
+        attend.rows = (B, take // S)  # DropPath: one draw per packed row, as on padded rows
+        padding = len(take) < B * S  # only then does either map use Shuffle's zero row
+        real = self.run_blocks(Shuffle.apply(x.reshape(B * S, D), take, put, False, padding)[None], rope, attend)
+        return Shuffle.apply(real[0], put, take, padding, False).view(B, S, D)
+
     # ---- entry points ------------------------------------------------------------------------------
     def forward(self, batch: PackedBatch) -> LossOutput:
         layout = self.layout(batch)
         x = self.embed(batch.pixels, batch.tokens, layout)
-        x = self.run_blocks(x, *self.context(layout, x.dtype))
-        return self.head.loss(x, batch.tokens, layout)
+        return self.head.loss(self.trunk(x, layout), batch.tokens, layout)
 
     def hidden(self, batch: PackedBatch) -> tuple[torch.Tensor, Layout]:
         """ln_post output [B, S, D] at every slot, with the layout."""
         layout = self.layout(batch)
         x = self.embed(batch.pixels, batch.tokens, layout)
-        return self.head.ln_post(self.run_blocks(x, *self.context(layout, x.dtype))), layout
+        return self.head.ln_post(self.trunk(x, layout)), layout
 
     def features(self, batch: PackedBatch) -> torch.Tensor:
         """[N, D] final-LN patch features, in the order of `batch.pixels` (what an MLLM consumes)."""

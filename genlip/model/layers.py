@@ -61,11 +61,16 @@ class DropPath(nn.Module):
         super().__init__()
         self.rate = rate
 
-    def forward(self, x):
+    def forward(self, x, rows: tuple[int, torch.Tensor] | None = None):
+        """`rows` = (B, row of each token) when x is [1, T, D], the real slots of B rows (unpadded): the
+        same B draws as for the padded rows, each token scaled by its row's."""
         if not self.training or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
-        mask = x.new_empty(x.shape[0], *([1] * (x.dim() - 1))).bernoulli_(keep)
+        if rows is not None:
+            mask = x.new_empty(rows[0], 1, 1).bernoulli_(keep).view(-1)[rows[1]].view(1, -1, 1)
+        else:
+            mask = x.new_empty(x.shape[0], *([1] * (x.dim() - 1))).bernoulli_(keep)
         return x * mask / keep
 
 
@@ -134,5 +139,6 @@ class Block(nn.Module):
         self.drop_path = DropPath(cfg.drop_path)
 
     def forward(self, x, rope, attend, cache: KVCache | None = None):
-        x = x + self.drop_path(self.ls1(self.attn(self.ln1(x), rope, attend, cache)))
-        return x + self.drop_path(self.ls2(self.mlp(self.ln2(x))))
+        rows = getattr(attend, "rows", None)  # set when x holds the real slots only (GenLIP.trunk)
+        x = x + self.drop_path(self.ls1(self.attn(self.ln1(x), rope, attend, cache)), rows)
+        return x + self.drop_path(self.ls2(self.mlp(self.ln2(x))), rows)

@@ -124,6 +124,33 @@ def test_whole_model_span_path_equals_dense_path():
     assert g_a["blocks.0.attn.q_proj.weight"].abs().sum() > 0
 
 
+def test_the_span_path_runs_the_blocks_on_real_slots_only_with_the_same_droppath():
+    """With `sdpa` the blocks see [1, T, D], the T real slots (the rows' unfilled tails skipped); in training
+    with DropPath the same per-row draws as on padded rows give the dense path's loss and gradients."""
+    segments, S = ROWS["mixed"]
+    cfg = get_preset("tiny", drop_path=0.5)
+    batch = make_batch(segments, S, cfg.vocab_size, cfg.patch_dim, seed=4)
+    layout = make_layout(batch.segments, S)
+    results, shapes = [], []
+    for backend in ("sdpa", "sdpa_dense"):
+        model = build_model(get_preset("tiny", drop_path=0.5, attn_backend=backend), seed=3).train()
+        hook = model.blocks[0].register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
+        torch.manual_seed(11)
+        out = model(batch)
+        out.loss.backward()
+        hook.remove()
+        results.append((out.loss, {n: p.grad for n, p in model.named_parameters()}))
+    assert shapes == [(1, len(layout.real_index), cfg.width), (batch.tokens.shape[0], S, cfg.width)]
+    assert len(layout.real_index) < batch.tokens.numel()  # the batch has padding to skip
+    (loss_a, g_a), (loss_b, g_b) = results
+    assert loss_a.item() == pytest.approx(loss_b.item(), rel=1e-6)
+    for name in g_a:
+        torch.testing.assert_close(g_a[name], g_b[name], atol=1e-5, rtol=1e-4, msg=name)
+    torch.manual_seed(12)  # another draw: DropPath really acts (the loss moves)
+    model = build_model(get_preset("tiny", drop_path=0.5), seed=3).train()
+    assert model(batch).loss.item() != pytest.approx(loss_a.item(), rel=1e-6)
+
+
 def test_auto_picks_the_span_path_on_cpu():
     assert resolve_backend("auto", torch.device("cpu")) == "sdpa"
     assert resolve_backend("sdpa_dense", torch.device("cpu")) == "sdpa_dense"
