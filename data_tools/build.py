@@ -15,7 +15,6 @@ import argparse
 import json
 import multiprocessing as mp
 import shlex
-import shutil
 import sys
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from genlip.atomic import atomic_write_json
+from genlip.atomic import atomic_write, atomic_write_json
 from genlip.data.images import BadImage, ImageLimits, ImageMode, encode_image, load_image, resize_for_mode
 from genlip.data.shards import FORMAT, SCHEMA_VERSION, ShardWriter
 from genlip.data.sources import (InputError, RawSample, SourceOptions, Skip, check_input, expand_inputs,
@@ -137,13 +136,8 @@ def prepare_output(out: Path, tokenizer: Path, opts: BuildOptions) -> None:
         if file_sha256(dest) != file_sha256(tokenizer):
             raise InputError(f"{dest} differs from --tokenizer {tokenizer}: this directory was built with another "
                              "tokenizer; use a new output directory")
-    else:
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        try:
-            shutil.copyfile(tokenizer, tmp)
-            tmp.replace(dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+    else:  # array tasks get here at the same time: each writes its own temporary, the renames are atomic
+        atomic_write(dest, tokenizer.read_bytes())
     options = out / "build_options.json"
     if options.exists():
         if load_json(options) != opts.to_dict():

@@ -166,6 +166,31 @@ def test_array_tasks_split_inputs_and_the_last_writes_the_manifest(raw, tmp_path
     assert _tree(out) == _tree(tmp_path / "one")
 
 
+def _prepare(args):
+    from data_tools.build import BuildOptions, prepare_output
+
+    out, tok, barrier = args
+    barrier.wait()  # every task at once, as SLURM array tasks starting together
+    prepare_output(Path(out), Path(tok), BuildOptions())
+
+
+def test_array_tasks_preparing_the_output_at_once_all_succeed(raw, tmp_path):
+    """Array tasks copy the tokenizer into the same directory at the same moment; a shared temporary name
+    made one task's rename find its file gone (seen on the SLURM test cluster). Each now has its own."""
+    import multiprocessing as mp
+
+    _, _, tok_path = raw
+    ctx = mp.get_context("fork")
+    for round_ in range(10):
+        out = tmp_path / f"out{round_}"
+        with ctx.Manager() as manager:
+            barrier = manager.Barrier(6)
+            with ctx.Pool(6) as pool:
+                pool.map(_prepare, [(str(out), str(tok_path), barrier)] * 6)
+        assert (out / "tokenizer.model").read_bytes() == tok_path.read_bytes()
+        assert sorted(p.name for p in out.iterdir()) == ["build_options.json", "shards", "tokenizer.model"]
+
+
 def test_table_inputs_and_native_aspect_stage2(raw, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
