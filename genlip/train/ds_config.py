@@ -20,7 +20,8 @@ def build_ds_config(cfg: Config, *, dp: int) -> dict:
         "gradient_clipping": o.grad_clip,
         "optimizer": {"type": "AdamW", "params": adam},
         # With one data-parallel rank there is nothing to reduce or partition: contiguous gradient buffers
-        # are only a copy of every gradient each step (about 3% of a `small` CPU step in one in-process A/B, within its noise: an estimate).
+        # are only a copy of every gradient each step (an estimate: about 3% of a `small` CPU step in one
+        # in-process A/B, within its noise).
         "zero_optimization": {"stage": cfg.parallel.zero_stage, **({"contiguous_gradients": False} if dp == 1 else {})},
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
