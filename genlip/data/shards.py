@@ -146,10 +146,10 @@ def _max_open_shards() -> int:
         import resource
 
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            soft = 1 << 20
     except (ImportError, OSError, ValueError):
         soft = 1024
-    if soft == getattr(resource, "RLIM_INFINITY", -1):
-        soft = 1 << 20
     return max(16, min(2048, (soft - 128) // 8))
 
 
