@@ -2,12 +2,15 @@
 attention time against the sum of the samples' squared lengths.
 
     flock /tmp/genlip-bench.lock python benchmarks/attention_cost.py [--preset small] [--rounds 3] [--threads 2]
-        [--seq-lens 512 1024 4096] [--mix stage1] [--slots 4096]
+        [--seq-lens 512 1024 4096] [--mix stage1] [--slots 4096] [--batches random|plan]
 
 (a) Training step (forward + backward, fp32, the same model and weights for every strategy) on the same
     samples: stage-1-like lengths (`stage1`: 14x14 patches, a 0- or 6-token prompt, skewed 10-80 caption
-    tokens; `demo`: 6x6 patches and 15-40 tokens). Each step takes `--slots // S` packed rows of S slots from
-    a best-fit packing plan (`pack_epoch`). Strategies:
+    tokens; `demo`: 6x6 patches and 15-40 tokens). `--batches random` (default): each step draws samples at
+    random up to `--slots` tokens, as the peer's shuffling loader does, and we pack them into rows of S
+    (`pack_epoch`, best fit); `--batches plan`: each step is `--slots // S` consecutive rows of one best-fit
+    plan, whose rows hold near-equal lengths, so with one or two rows per step the padded peer pads almost
+    nothing (its best case). Strategies:
       ours    the packed rows, attention over each sample's span (`attn_backend=sdpa`, the CPU default)
       padded  the peer's strategy (open_clip's GenLIP port): the same samples, one per row, each padded to
               the longest of the step, prefix-LM mask per sample (`sdpa_dense` on those rows)
@@ -57,15 +60,33 @@ def make_packed(seg: np.ndarray, seq_len: int, vocab: int, patch_dim: int, g: to
     return PackedBatch(torch.randn(n_img, patch_dim, generator=g), tokens, table)
 
 
-def steps_for(mix: str, seq_len: int, rows: int, steps: int, cfg) -> list[tuple[PackedBatch, PackedBatch, int]]:
-    """(packed rows, the same samples one per row padded to the longest, real tokens) per step."""
+def steps_for(mix: str, seq_len: int, slots: int, steps: int, cfg, batches: str
+              ) -> list[tuple[PackedBatch, PackedBatch, int]]:
+    """(packed rows, the same samples one per row padded to the longest, real tokens) per step.
+
+    batches="random": each step draws samples at random until they would pass `slots` tokens (what the peer's
+    shuffling loader gives it), and we pack the same samples into rows of `seq_len` (best fit, as many rows
+    as that takes). batches="plan": each step is `slots // seq_len` consecutive rows of one best-fit plan over
+    4000 samples; best fit puts samples of near-equal length into a row, so with few rows per step the
+    padded peer gets near-uniform lengths: its best case."""
     samples = draw_samples(mix, 4000, seed=seq_len)
     lengths = samples[:, 0] * samples[:, 1] + samples[:, 2] + samples[:, 3]
-    offsets, order = pack_epoch(lengths, PackingSpec(budget=seq_len, max_samples_per_row=256, window=4000), 0)
     g = torch.Generator().manual_seed(seq_len)
+    rng = np.random.default_rng(seq_len)
+    if batches == "plan":
+        rows = max(1, slots // seq_len)
+        offsets, order = pack_epoch(lengths, PackingSpec(budget=seq_len, max_samples_per_row=256, window=4000), 0)
+        step_rows = [[order[offsets[r]:offsets[r + 1]] for r in range(s * rows, (s + 1) * rows)] for s in range(steps)]
+    else:
+        step_rows = []
+        for _ in range(steps):
+            ids = rng.permutation(len(lengths))
+            ids = ids[:max(1, int(np.searchsorted(np.cumsum(lengths[ids]), slots, side="right")))]
+            offsets, order = pack_epoch(lengths[ids], PackingSpec(budget=seq_len, max_samples_per_row=256,
+                                                                  window=len(ids)), 0)
+            step_rows.append([ids[order[offsets[r]:offsets[r + 1]]] for r in range(len(offsets) - 1)])
     out = []
-    for s in range(steps):
-        row_ids = [order[offsets[r]:offsets[r + 1]] for r in range(s * rows, (s + 1) * rows)]
+    for row_ids in step_rows:
         packed = make_packed([samples[ids] for ids in row_ids], seq_len, cfg.vocab_size, cfg.patch_dim, g)
         ids = np.concatenate(row_ids)
         longest = int(lengths[ids].max())
@@ -84,13 +105,12 @@ def train_step(model, batch: PackedBatch, backend: str) -> float:
 
 def part_a(args, cfg) -> None:
     model = build_model(cfg, seed=0).train()
-    print(f"(a) {args.preset} fwd+bwd, {args.mix} mix, {args.slots} slots per step, median of {args.rounds} rounds "
-          f"(real tokens/s)")
+    print(f"(a) {args.preset} fwd+bwd, {args.mix} mix, {args.batches} batches of {args.slots} slots, median of "
+          f"{args.rounds} rounds (real tokens/s)")
     print(f"{'S':>5} {'rows':>4} {'samples':>7} {'fill':>5} {'pad fill':>8} {'ours':>8} {'padded':>8} {'dense':>8}"
           f" {'ours/padded':>11} {'paired':>11} {'ours/dense':>10}")
     for S in args.seq_lens:
-        rows = max(1, args.slots // S)
-        steps = steps_for(args.mix, S, rows, args.rounds + 1, cfg)
+        steps = steps_for(args.mix, S, args.slots, args.rounds + 1, cfg, args.batches)
         times = {"sdpa": [], "padded": [], "sdpa_dense": []}
         for r, (packed, padded, _) in enumerate(steps):
             runs = [("sdpa", packed, "sdpa"), ("padded", padded, "sdpa_dense"), ("sdpa_dense", packed, "sdpa_dense")]
@@ -102,9 +122,11 @@ def part_a(args, cfg) -> None:
         # paired: each round's ratio on the same samples, minutes apart at most; its median is less exposed to
         # the machine's load drifting during the run than the ratio of the two medians
         paired = statistics.median(b / a for a, b in zip(times["sdpa"], times["padded"]))
-        packed, padded, tok = steps[1]
-        n = padded.tokens.shape[0]
-        print(f"{S:>5} {rows:>4} {n:>7} {tok / packed.tokens.numel():>5.2f} {tok / padded.tokens.numel():>8.2f} "
+        rows = statistics.median(packed.tokens.shape[0] for packed, _, _ in steps[1:])
+        n = statistics.median(padded.tokens.shape[0] for _, padded, _ in steps[1:])
+        fill = statistics.median(tok / packed.tokens.numel() for packed, _, tok in steps[1:])
+        pad_fill = statistics.median(tok / padded.tokens.numel() for _, padded, tok in steps[1:])
+        print(f"{S:>5} {rows:>4g} {n:>7g} {fill:>5.2f} {pad_fill:>8.2f} "
               f"{tps['sdpa']:>8.0f} {tps['padded']:>8.0f} {tps['sdpa_dense']:>8.0f} "
               f"{tps['sdpa'] / tps['padded']:>10.2f}x {paired:>10.2f}x {tps['sdpa'] / tps['sdpa_dense']:>9.2f}x")
 
@@ -154,7 +176,10 @@ def main(argv=None):
     ap.add_argument("--preset", default="small")
     ap.add_argument("--mix", default="stage1", choices=sorted(MIXES))
     ap.add_argument("--seq-lens", type=int, nargs="+", default=[512, 1024, 4096])
-    ap.add_argument("--slots", type=int, default=4096, help="token slots per step in (a): rows = slots // S")
+    ap.add_argument("--slots", type=int, default=4096, help="tokens per step in (a)")
+    ap.add_argument("--batches", choices=["random", "plan"], default="random",
+                    help="(a)'s steps: random samples (the peer's loader), packed by us into rows of S; or "
+                         "consecutive rows of one best-fit plan (near-uniform lengths: the padded peer's best case)")
     ap.add_argument("--attn-seq-len", type=int, default=2048, help="row length of (b)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)

@@ -149,6 +149,62 @@ class Shuffle(torch.autograd.Function):
         return gy.index_select(0, inverse), None, None, None, None
 
 
+class _Buckets:
+    """Where each bucket's rows come from and go to, over n flat rows (slots, or real positions).
+
+    src[b]: the row of each of the bucket's G*Lb positions; a padding position repeats a real row of the
+    bucket (any finite value will do: it is masked out as a key and isolated as a query, see the masks).
+    dst[b]: the same, with padding positions sent to row n, a scratch row past the end.
+    rows: every row some bucket takes (all n when unpadded)."""
+
+    def __init__(self, src, dst, n, rows, complete):
+        self.src, self.dst, self.n, self.rows, self.complete = src, dst, n, rows, complete
+
+    def scatter(self, parts, base=None):
+        """[n, ...] with each bucket position's part at its row; rows no bucket takes: base's, else 0."""
+        shape = parts[0].shape[1:]
+        if base is not None:
+            out = torch.cat([base, base.new_empty(1, *shape)])
+        elif self.complete:
+            out = parts[0].new_empty(self.n + 1, *shape)
+        else:
+            out = parts[0].new_zeros(self.n + 1, *shape)
+        for dst, part in zip(self.dst, parts):
+            out.index_copy_(0, dst, part)
+        return out[:self.n]
+
+
+class _ToBuckets(torch.autograd.Function):
+    """x [n, ...] -> one [G*Lb, ...] tensor per bucket; backward puts each gradient row back where it came
+    from (a gather forward and backward: index_select's own backward is a scatter-add, slow on CPU)."""
+
+    @staticmethod
+    def forward(ctx, x, buckets):
+        ctx.buckets = buckets
+        return tuple(x.index_select(0, src) for src in buckets.src)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return ctx.buckets.scatter([g.reshape(len(d), *g.shape[-2:]) for g, d in zip(grads, ctx.buckets.dst)]), None
+
+
+class _FromBuckets(torch.autograd.Function):
+    """The inverse: bucket outputs -> [n, ...]; rows no bucket takes (padding slots) are `base`'s."""
+
+    @staticmethod
+    def forward(ctx, buckets, base, *parts):
+        ctx.buckets = buckets
+        ctx.has_base = base is not None
+        ctx.shapes = [p.shape for p in parts]
+        return buckets.scatter([p.reshape(len(d), *p.shape[-2:]) for p, d in zip(parts, buckets.dst)], base)
+
+    @staticmethod
+    def backward(ctx, g):
+        b = ctx.buckets
+        g_base = g.index_fill(0, b.rows, 0) if ctx.has_base else None
+        return (None, g_base, *(g.index_select(0, src).view(shape) for src, shape in zip(b.src, ctx.shapes)))
+
+
 def _span_attention(layout: Layout, call_cost: int = CALL_COST_PAIRS, unpadded: bool = False) -> Attend:
     """SDPA over each sample's span, samples batched by length (see the module docstring). `unpadded`: the
     inputs hold the T real slots only, so sample i is rows cu_real[i]..cu_real[i+1] of them."""
@@ -158,53 +214,46 @@ def _span_attention(layout: Layout, call_cost: int = CALL_COST_PAIRS, unpadded: 
     start = (cu_real[:-1] if unpadded else layout.real_index[cu_real[:-1]]).cpu()
     length = (cu_real[1:] - cu_real[:-1]).cpu()
     n_image = (cu_image[1:] - cu_image[:-1]).cpu()
-    slots = int(cu_real[-1]) if unpadded else layout.batch_size * layout.seq_len
-    shapes, masks, gathers = [], [], []  # per bucket: (G, Lb), [G, 1, Lb, Lb] mask, [G*Lb] flat slot or `slots`
+    n = int(cu_real[-1]) if unpadded else layout.batch_size * layout.seq_len
+    shapes, masks, src, dst = [], [], [], []  # per bucket: (G, Lb), [G, 1, Lb, Lb] mask, [G*Lb] rows
     for group in _bucket_samples(length.tolist(), call_cost):
         g = torch.tensor(group)
         L, ni = length[g], n_image[g]
         Lb = int(L.max())
         pos = torch.arange(Lb)
         inside = pos[None, :] < L[:, None]
-        gathers.append(torch.where(inside, start[g, None] + pos, slots).flatten())  # past a sample: a zero row
+        row = start[g, None] + pos
+        src.append(torch.where(inside, row, start[g[0]]).flatten())
+        dst.append(torch.where(inside, row, n).flatten())
         qi, kj = pos[None, :, None], pos[None, None, :]
-        masks.append((kj < L[:, None, None]) & ((kj <= qi) | ((qi < ni[:, None, None]) & (kj < ni[:, None, None]))))
+        real_q, real_k = qi < L[:, None, None], kj < L[:, None, None]
+        prefix_lm = (kj <= qi) | ((qi < ni[:, None, None]) & (kj < ni[:, None, None]))
+        # a padding position sees only itself and no real query sees it: whatever row it repeats, and
+        # whatever gradient reaches its output, nothing real depends on it
+        masks.append((real_q & real_k & prefix_lm) | (~real_q & (kj == qi)))
         shapes.append((len(group), Lb))
-    masks = [m[:, None].to(device) for m in masks]
     if shapes:
-        gather = torch.cat(gathers)
-        taken = gather < slots
-        total = len(gather)
-        # into the buckets: real slot j -> its position in `gather`; padding slots are never taken
-        gather_inv = torch.full((slots,), total, dtype=torch.long)
-        gather_inv[gather[taken]] = taken.nonzero().flatten()
-        # out of the buckets: [bucket outputs; v], real slots from the buckets, padding slots keep their own v
-        out_index = total + torch.arange(slots)
-        out_index[gather[taken]] = taken.nonzero().flatten()
-        out_inv = torch.full((total + slots,), slots, dtype=torch.long)
-        out_inv[out_index] = torch.arange(slots)
-        if unpadded:  # no padding slot: every output comes from the buckets, `v` is not appended
-            out_inv = out_inv[:total]
-        # which maps use the zero row: bucket padding (into), slots no bucket takes (their gradient is 0)
-        zero_in, zero_in_bwd = bool((~taken).any()), bool((gather_inv == total).any())
-        gather, gather_inv, out_index, out_inv = (t.to(device) for t in (gather, gather_inv, out_index, out_inv))
+        rows = torch.cat([d[d < n] for d in dst])
+        buckets = _Buckets([s.to(device) for s in src], [d.to(device) for d in dst], n, rows.to(device),
+                           complete=len(rows) == n)
+        masks = [m[:, None].to(device) for m in masks]
+    additive = {}  # dtype -> masks as 0 / -inf, made once per forward (SDPA would convert bool ones per call)
 
     def attend(q, k, v):
         B, S, H, Dh = q.shape
         if not shapes:  # every slot is padding: each sees only itself
             return v.clone()
-        qf, kf, vf = (t.reshape(B * S, H, Dh) for t in (q, k, v))
-        qb, kb, vb = (Shuffle.apply(t, gather, gather_inv, zero_in, zero_in_bwd) for t in (qf, kf, vf))
-        outs, at = [], 0
-        for (G, Lb), mask in zip(shapes, masks):
-            qs, ks, vs = (t[at:at + G * Lb].view(G, Lb, H, Dh).transpose(1, 2) for t in (qb, kb, vb))
-            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask)  # [G, H, Lb, Dh]
-            outs.append(o.transpose(1, 2).reshape(G * Lb, H, Dh))
-            at += G * Lb
+        if q.dtype not in additive:
+            additive[q.dtype] = [torch.zeros(m.shape, dtype=q.dtype, device=device).masked_fill_(~m, -math.inf)
+                                 for m in masks]
+        parts = [_ToBuckets.apply(t.reshape(B * S, H, Dh), buckets) for t in (q, k, v)]
+        outs = []
+        for (G, Lb), mask, qs, ks, vs in zip(shapes, additive[q.dtype], *parts):
+            qs, ks, vs = (t.view(G, Lb, H, Dh).transpose(1, 2) for t in (qs, ks, vs))
+            outs.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask).transpose(1, 2))  # [G, Lb, H, Dh]
         # padding slots keep their own value, as in the dense oracle where each sees only itself
-        src = (outs[0] if len(outs) == 1 else torch.cat(outs)) if unpadded else torch.cat(outs + [vf])
-        # backward: bucket padding rows, and (padded rows) the `v` rows of real slots, get no gradient
-        return Shuffle.apply(src, out_index, out_inv, False, zero_in or not unpadded).view(B, S, H, Dh)
+        base = None if buckets.complete else v.reshape(B * S, H, Dh)
+        return _FromBuckets.apply(buckets, base, *outs).view(B, S, H, Dh)
 
     return attend
 

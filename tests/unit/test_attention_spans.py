@@ -82,6 +82,31 @@ def test_span_attention_equals_dense_oracle_for_any_bucketing(call_cost):
     _assert_same_as_oracle(layout, _span_attention(layout, call_cost=call_cost))
 
 
+@pytest.mark.parametrize("name,call_cost", [(n, c) for n in sorted(ROWS) for c in (0, 10**9)]
+                         + [("stage1", c) for c in (0, 4096, 10**9)])
+def test_unpadded_span_attention_equals_dense_oracle_on_the_real_slots(name, call_cost):
+    """`unpadded=True` (what the model's trunk uses): q, k, v hold the T real slots only; outputs and gradients
+    equal the dense oracle's at those slots, with bucket padding (whose positions repeat a real row and see
+    only themselves) never leaking into a real result."""
+    segments, S = (_stage1_like_rows([300, 200, 90], seed=2), 300) if name == "stage1" else ROWS[name]
+    layout = make_layout(torch.as_tensor(segments), S)
+    B = layout.sample_id.shape[0]
+    real = layout.real_index
+    q, k, v = _qkv(B, S, seed=5)
+    grad = torch.randn(B, S, 3, 8, generator=torch.Generator().manual_seed(6))
+    want = make_attention(layout, "sdpa_dense")(q, k, v).reshape(B * S, 3, 8)[real]
+    want_grads = torch.autograd.grad(want, (q, k, v), grad.reshape(B * S, 3, 8)[real], allow_unused=True,
+                                     materialize_grads=True)
+    qr, kr, vr = (t.detach().reshape(B * S, 3, 8)[real][None].requires_grad_() for t in (q, k, v))
+    got = _span_attention(layout, call_cost=call_cost, unpadded=True)(qr, kr, vr)
+    assert got.shape == (1, len(real), 3, 8)
+    torch.testing.assert_close(got[0], want, atol=1e-5, rtol=1e-5)
+    got_grads = torch.autograd.grad(got, (qr, kr, vr), grad.reshape(B * S, 3, 8)[real][None], allow_unused=True,
+                                    materialize_grads=True)
+    for g_got, g_want in zip(got_grads, want_grads):
+        torch.testing.assert_close(g_got[0], g_want.reshape(B * S, 3, 8)[real], atol=1e-5, rtol=1e-5)
+
+
 def test_bucketing_is_optimal_and_covers_every_sample_once():
     rng = random.Random(3)
     for _ in range(30):
