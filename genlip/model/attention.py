@@ -128,29 +128,9 @@ def _bucket_samples(lengths: list[int], call_cost: int) -> list[list[int]]:
     return groups[::-1]
 
 
-class Shuffle(torch.autograd.Function):
-    """y = [x; 0][index], where each row of x is taken at most once (index may repeat the zero row len(x)).
-
-    NOTE: index_select's backward is a scatter-add, slow on CPU (it was 28% of a training step); with the
-    inverse map known the backward is a gather too: gx = [gy; 0][inverse] (len(y) for rows not taken).
-    `zero_fwd` / `zero_bwd` say whether index / inverse use the zero row at all: appending it copies the
-    whole tensor, so it is skipped when not needed (the caller knows from its index construction)."""
-
-    @staticmethod
-    def forward(ctx, x, index, inverse, zero_fwd=True, zero_bwd=True):
-        ctx.save_for_backward(inverse)
-        ctx.zero_bwd = zero_bwd
-        return (torch.cat([x, x.new_zeros(1, *x.shape[1:])]) if zero_fwd else x).index_select(0, index)
-
-    @staticmethod
-    def backward(ctx, gy):
-        (inverse,) = ctx.saved_tensors
-        gy = torch.cat([gy, gy.new_zeros(1, *gy.shape[1:])]) if ctx.zero_bwd else gy
-        return gy.index_select(0, inverse), None, None, None, None
-
-
-class _Buckets:
-    """Where each bucket's rows come from and go to, over n flat rows (slots, or real positions).
+class RowMap:
+    """Where each bucket's rows come from and go to, over n flat rows (slots, or real positions); used by the
+    span attention (one bucket per SDPA call) and by `GenLIP.trunk` (one bucket: the real slots).
 
     src[b]: the row of each of the bucket's G*Lb positions; a padding position repeats a real row of the
     bucket (any finite value will do: it is masked out as a key and isolated as a query, see the masks).
@@ -174,35 +154,37 @@ class _Buckets:
         return out[:self.n]
 
 
-class _ToBuckets(torch.autograd.Function):
-    """x [n, ...] -> one [G*Lb, ...] tensor per bucket; backward puts each gradient row back where it came
-    from (a gather forward and backward: index_select's own backward is a scatter-add, slow on CPU)."""
+class ToBuckets(torch.autograd.Function):
+    """x [n, ...] -> one [G*Lb, ...] tensor per bucket of a RowMap; backward puts each gradient row back where
+    it came from. NOTE: index_select's own backward is a scatter-add (index_add), slow on CPU: it was 28% of
+    a training step; every row is taken once, so a copy to known places (index_copy_) does it."""
 
     @staticmethod
     def forward(ctx, x, buckets):
-        ctx.buckets = buckets
+        ctx.buckets, ctx.tail = buckets, x.shape[1:]
         return tuple(x.index_select(0, src) for src in buckets.src)
 
     @staticmethod
     def backward(ctx, *grads):
-        return ctx.buckets.scatter([g.reshape(len(d), *g.shape[-2:]) for g, d in zip(grads, ctx.buckets.dst)]), None
+        return ctx.buckets.scatter([g.reshape(len(d), *ctx.tail) for g, d in zip(grads, ctx.buckets.dst)]), None
 
 
-class _FromBuckets(torch.autograd.Function):
-    """The inverse: bucket outputs -> [n, ...]; rows no bucket takes (padding slots) are `base`'s."""
+class FromBuckets(torch.autograd.Function):
+    """The inverse: bucket parts (any shape of G*Lb rows of `tail`) -> [n, *tail]; rows no bucket takes are
+    `base`'s (padding slots keep their own value), or 0 without a base."""
 
     @staticmethod
-    def forward(ctx, buckets, base, *parts):
+    def forward(ctx, buckets, base, tail, *parts):
         ctx.buckets = buckets
         ctx.has_base = base is not None
         ctx.shapes = [p.shape for p in parts]
-        return buckets.scatter([p.reshape(len(d), *p.shape[-2:]) for p, d in zip(parts, buckets.dst)], base)
+        return buckets.scatter([p.reshape(len(d), *tail) for p, d in zip(parts, buckets.dst)], base)
 
     @staticmethod
     def backward(ctx, g):
         b = ctx.buckets
         g_base = g.index_fill(0, b.rows, 0) if ctx.has_base else None
-        return (None, g_base, *(g.index_select(0, src).view(shape) for src, shape in zip(b.src, ctx.shapes)))
+        return (None, g_base, None, *(g.index_select(0, src).view(shape) for src, shape in zip(b.src, ctx.shapes)))
 
 
 def _span_attention(layout: Layout, call_cost: int = CALL_COST_PAIRS, unpadded: bool = False) -> Attend:
@@ -234,7 +216,7 @@ def _span_attention(layout: Layout, call_cost: int = CALL_COST_PAIRS, unpadded: 
         shapes.append((len(group), Lb))
     if shapes:
         rows = torch.cat([d[d < n] for d in dst])
-        buckets = _Buckets([s.to(device) for s in src], [d.to(device) for d in dst], n, rows.to(device),
+        buckets = RowMap([s.to(device) for s in src], [d.to(device) for d in dst], n, rows.to(device),
                            complete=len(rows) == n)
         masks = [m[:, None].to(device) for m in masks]
     additive = {}  # dtype -> masks as 0 / -inf, made once per forward (SDPA would convert bool ones per call)
@@ -246,14 +228,14 @@ def _span_attention(layout: Layout, call_cost: int = CALL_COST_PAIRS, unpadded: 
         if q.dtype not in additive:
             additive[q.dtype] = [torch.zeros(m.shape, dtype=q.dtype, device=device).masked_fill_(~m, -math.inf)
                                  for m in masks]
-        parts = [_ToBuckets.apply(t.reshape(B * S, H, Dh), buckets) for t in (q, k, v)]
+        parts = [ToBuckets.apply(t.reshape(B * S, H, Dh), buckets) for t in (q, k, v)]
         outs = []
         for (G, Lb), mask, qs, ks, vs in zip(shapes, additive[q.dtype], *parts):
             qs, ks, vs = (t.view(G, Lb, H, Dh).transpose(1, 2) for t in (qs, ks, vs))
             outs.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask).transpose(1, 2))  # [G, Lb, H, Dh]
         # padding slots keep their own value, as in the dense oracle where each sees only itself
         base = None if buckets.complete else v.reshape(B * S, H, Dh)
-        return _FromBuckets.apply(buckets, base, *outs).view(B, S, H, Dh)
+        return FromBuckets.apply(buckets, base, (H, Dh), *outs).view(B, S, H, Dh)
 
     return attend
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from genlip.model.attention import Shuffle, attend_all, make_attention, resolve_backend
+from genlip.model.attention import FromBuckets, RowMap, ToBuckets, attend_all, make_attention, resolve_backend
 from genlip.model.batch import Layout, PackedBatch, make_layout
 from genlip.model.config import ModelConfig
 from genlip.model.init import set_init
@@ -145,16 +145,15 @@ class GenLIP(nn.Module):
             return self.run_blocks(x, *self.context(layout, x.dtype))
         B, S, D = x.shape
         take = layout.real_index  # [T] slot of each real token
-        put = torch.full((B * S,), len(take), dtype=torch.long, device=x.device)  # slot -> its token, or the zero row
-        put[take] = torch.arange(len(take), device=x.device)
         c = self.cfg
         rope = make_rope(layout.position_ids.reshape(3, 1, B * S)[:, :, take], head_dim=c.head_dim,
                          section=c.mrope_section, theta=c.rope_theta, dtype=x.dtype)
         attend = make_attention(layout, "sdpa", unpadded=True)
         attend.rows = (B, take // S)  # DropPath: one draw per packed row, as on padded rows
-        padding = len(take) < B * S  # only then does either map use Shuffle's zero row
-        real = self.run_blocks(Shuffle.apply(x.reshape(B * S, D), take, put, False, padding)[None], rope, attend)
-        return Shuffle.apply(real[0], put, take, padding, False).view(B, S, D)
+        real_slots = RowMap([take], [take], B * S, take, complete=len(take) == B * S)
+        (real,) = ToBuckets.apply(x.reshape(B * S, D), real_slots)
+        real = self.run_blocks(real[None], rope, attend)
+        return FromBuckets.apply(real_slots, None, (D,), real[0]).view(B, S, D)
 
     # ---- entry points ------------------------------------------------------------------------------
     def forward(self, batch: PackedBatch) -> LossOutput:
