@@ -426,6 +426,8 @@ def isoflop(N, C, L, *, rtol: float = 0.05) -> IsoFlop:
 
 # ------------------------------------------------------------------------------------------ the sweep
 K_SPREAD_WARN = 1.5  # warn when FLOPs per parameter-sample differ more than this across points (b16..g16: 1.3)
+DISAGREE_WARN = 2.0  # warn when the joint fit's N_opt and an isoFLOP minimum differ by more than this factor
+DISAGREE_EXPONENT = 0.15  # ... or their growth exponents of N_opt(C) by more than this
 
 
 @dataclass
@@ -444,6 +446,24 @@ class Analysis:
     k_range: tuple[float, float] | None
     """smallest and largest k across the points: how far C = k N D is from each point's own FLOPs"""
     warnings: list[str]
+
+
+def _disagreements(fit: Fit, iso: IsoFlop, k: float) -> list[str]:
+    """Where the joint law and the isoFLOP parabolas, two readings of the same points, name different best
+    sizes: then the law's form does not describe the points (or the parabolas are too coarse)."""
+    out = []
+    for g in (g for g in iso.groups if g.ok):
+        n_fit = float(optimal_allocation(fit.params, g.C, k)[0])
+        ratio = max(n_fit / g.N_star, g.N_star / n_fit) if n_fit > 0 and math.isfinite(n_fit) else math.inf
+        if ratio > DISAGREE_WARN:
+            out.append(f"C = {g.C:.3g}: the joint fit puts N_opt at {n_fit:.3g}, the isoFLOP parabola at "
+                       f"{g.N_star:.3g} ({ratio:.3g}x apart): the law does not describe these points well; trust "
+                       f"neither far from the measured sizes")
+    a, b = fit.params["alpha"], fit.params["beta"]
+    if iso.exponent is not None and a + b > 0 and abs(b / (a + b) - iso.exponent) > DISAGREE_EXPONENT:
+        out.append(f"N_opt grows as C^{b / (a + b):.3g} by the joint fit but as C^{iso.exponent:.3g} across the "
+                   f"isoFLOP minima")
+    return out
 
 
 def analyse(rows: list[dict], *, target_flops=(), n_boot: int = 200, seed: int = 0) -> Analysis:
@@ -473,4 +493,6 @@ def analyse(rows: list[dict], *, target_flops=(), n_boot: int = 200, seed: int =
     iso = None
     if any(distinct(pts.N[g]) >= 3 for g in group_by_flops(pts.C)):
         iso = isoflop(pts.N, pts.C, pts.L)
+        if fit is not None and "B" in fit.params:
+            warnings += _disagreements(fit, iso, k)
     return Analysis(points=pts, fit=fit, allocation=allocation, isoflop=iso, k=k, k_range=k_range, warnings=warnings)

@@ -238,3 +238,33 @@ def test_n_opt_interval_reaching_zero_is_said_in_words():
     assert alloc.intervals["N_opt"][0][0] == 0
     assert any("interval reaches 0" in x for x in alloc.warnings)
     assert not any("factor of inf" in x for x in alloc.warnings)
+
+
+def _isoflop_rows(centres, loss):
+    """Rows of five sizes half a decade apart around centres[C] per budget C, losses loss(N, C)."""
+    pairs = [(n, c) for c, centre in centres.items() for n in centre * np.logspace(-1, 1, 5)]
+    N, C = (np.array(v) for v in zip(*pairs))
+    return sweep_rows(N, C / (K * N), loss(N, C), [K] * len(N))
+
+
+def test_fit_and_isoflop_disagreement_is_flagged_only_when_they_disagree():
+    """The joint law and the isoFLOP parabolas read the same points twice. On points from the law they name the
+    same best sizes (no warning); when each budget's best size shrinks with compute, which no law of the form
+    E + A/N^alpha + B/D^beta can give, the report says where and by how much they part."""
+    N_fine = np.logspace(3, 14, 200_001)
+    budgets = [1e16, 1e17, 1e18, 1e19]
+    centres = {C: N_fine[np.argmin(law(TRUE, N_fine, C / (K * N_fine)))] for C in budgets}
+    agree = analyse(_isoflop_rows(centres, lambda N, C: law(TRUE, N, C / (K * N))), n_boot=10)
+    assert all(g.ok for g in agree.isoflop.groups) and len(agree.isoflop.groups) == 4
+    assert not [w for w in agree.warnings if "apart" in w or "isoFLOP minima" in w], agree.warnings
+
+    def best(C):  # shrinks as C^-0.3
+        return 1e8 * (np.asarray(C) / 1e16) ** -0.3
+
+    part = analyse(_isoflop_rows({C: best(C) for C in budgets},
+                                 lambda N, C: 2.0 + 0.05 * np.log(N / best(C)) ** 2 + 5 * C ** -0.05), n_boot=10)
+    assert part.isoflop.exponent == pytest.approx(-0.3, abs=1e-6)
+    apart = [w for w in part.warnings if "apart" in w]
+    assert apart and apart[0].startswith("C = 1e+16: the joint fit puts N_opt at")
+    assert "isoFLOP parabola at 1e+08" in apart[0]
+    assert any("across the isoFLOP minima" in w and "C^-0.3" in w for w in part.warnings), part.warnings
