@@ -45,7 +45,7 @@ DELTA = 1e-3  # Huber threshold on log-loss residuals (Hoffmann et al.)
 EXPONENT_BOUNDS = (0.0, 3.0)
 WIDE_INTERVAL = 0.5  # warn when an exponent's interval is wider than this fraction of its value
 EXTRAPOLATION_WARN = 10.0  # warn when a target lies this far beyond the largest measured point
-LOSS_KEYS = ("val_loss", "final_loss")
+LOSS_KEYS = ("val_loss", "train_loss_last_interval", "final_loss")  # by preference
 
 
 # ---------------------------------------------------------------------------------------------- points
@@ -62,7 +62,8 @@ class Points:
     """training FLOPs"""
     L: np.ndarray
     loss_key: str
-    """which loss L is: val_loss or final_loss"""
+    """which loss L is: val_loss when every point has one, else the training loss most points have: the mean
+    over the last logging interval (train_loss_last_interval), or the last step's (final_loss)"""
     skipped: list[tuple[int, str]] = field(default_factory=list)
     """(point, reason) for every row not fitted: running, failed, or missing a number"""
 
@@ -91,7 +92,10 @@ def points_from_rows(rows: list[dict]) -> Points:
             skipped.append((r["point"], f"done but no positive {', '.join(missing)} in result.json"))
         else:
             done.append(r)
-    loss_key = "val_loss" if done and all(number(r, "val_loss") for r in done) else "final_loss"
+    if done and all(number(r, "val_loss") for r in done):
+        loss_key = "val_loss"
+    else:  # the training loss most points have; max() keeps the first of equal counts, the steadier interval mean
+        loss_key = max(LOSS_KEYS[1:], key=lambda key: sum(number(r, key) is not None for r in done))
     skipped += [(r["point"], f"done but no positive {loss_key} (used because not every point has a val_loss)")
                 for r in done if number(r, loss_key) is None]
     done = [r for r in done if number(r, loss_key) is not None]

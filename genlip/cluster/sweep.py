@@ -256,7 +256,8 @@ def gather(sweep_dir: Path) -> list[dict]:
         if result_file.is_file():
             res = json.loads(result_file.read_text())
             row.update({k: res.get(k) for k in ("status", "preset", "params_total", "params_trunk", "train_flops",
-                                                "samples", "final_loss", "val_loss", "samples_per_s", "wall_time_s")})
+                                                "samples", "final_loss", "train_loss_last_interval", "val_loss",
+                                                "samples_per_s", "wall_time_s")})
             if res.get("status") == "requeued" and i in queued:
                 row["status"] = "running"
         else:
@@ -299,12 +300,12 @@ def _plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((axes[0], "params_total", "parameters"), (axes[1], "train_flops", "training FLOPs")):
         for r in done:
-            loss = r["val_loss"] if r.get("val_loss") is not None else r["final_loss"]
+            loss = next(r[k] for k in ("val_loss", "train_loss_last_interval", "final_loss") if r.get(k) is not None)
             ax.scatter(r[key], loss)
             ax.annotate(f"{r['preset']}#{r['point']}", (r[key], loss), fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel(label)
-        ax.set_ylabel("loss (validation if measured, else final train)")
+        ax.set_ylabel("loss (validation if measured, else training)")
         ax.grid(alpha=0.3)
     fig.suptitle(f"{len(done)} of {len(rows)} points done")
     fig.tight_layout()

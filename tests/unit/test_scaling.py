@@ -183,6 +183,13 @@ def test_points_from_rows_fits_done_points_and_lists_the_rest():
     # point with only a validation loss is then listed, not fitted.
     pts = points_from_rows([row(0), row(1, val_loss=None), row(2, final_loss=None)])
     assert pts.loss_key == "final_loss" and list(pts.L) == [3.0, 2.9] and [p for p, _ in pts.skipped] == [2]
+    # With the mean training loss of the last logging interval (what genlip-train writes), that is preferred
+    # to one step's loss; when one point lacks it (an older result.json), every point uses the step's loss.
+    rows = [row(i, val_loss=None, train_loss_last_interval=2.5 - 0.1 * i) for i in range(3)]
+    pts = points_from_rows(rows)
+    assert pts.loss_key == "train_loss_last_interval" and list(pts.L) == pytest.approx([2.5, 2.4, 2.3])
+    pts = points_from_rows(rows + [row(3, val_loss=None)])
+    assert pts.loss_key == "final_loss" and list(pts.L) == pytest.approx([3.0, 2.9, 2.8, 2.7]) and not pts.skipped
 
 
 def sweep_rows(N, D, L, k):
