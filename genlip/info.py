@@ -17,6 +17,10 @@ from dataclasses import asdict, dataclass
 
 from genlip.model.config import PRESETS, ModelConfig, get_preset
 
+# Dense bf16 peak TFLOP/s per device (vendor figures, no sparsity); MFU and the sweep's GPU-hours read it.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0,
+                    "A10": 125.0, "V100": 125.0, "B200": 2250.0, "GB200": 2500.0, "MI300X": 1307.0}
+
 
 @dataclass
 class ParamCounts:

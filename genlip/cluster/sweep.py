@@ -331,7 +331,7 @@ def _target(args):
     mfu = positive(args.mfu, "--mfu")
     if mfu > 1:
         raise UserError(f"--mfu {args.mfu} must be in (0, 1]: the fraction of the GPU's peak bf16 FLOP/s reached")
-    from genlip.train.metrics import PEAK_BF16_TFLOPS  # NOTE: loads torch; only on this path
+    from genlip.info import PEAK_BF16_TFLOPS
 
     peak = {k.lower(): v for k, v in PEAK_BF16_TFLOPS.items()}.get(args.gpu.lower())
     if peak is None:

@@ -1,4 +1,4 @@
-"""Throughput, FLOPs and MFU of a step, peak tables, and the console + TensorBoard logger."""
+"""Throughput, FLOPs and MFU of a step, the device's peak, and the console + TensorBoard logger."""
 
 from __future__ import annotations
 
@@ -9,12 +9,8 @@ from pathlib import Path
 import torch
 
 from genlip.atomic import atomic_write
-from genlip.info import train_flops_per_sample
+from genlip.info import PEAK_BF16_TFLOPS, train_flops_per_sample
 from genlip.model.config import ModelConfig
-
-# Dense bf16 peak TFLOP/s per device (vendor figures, no sparsity).
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0,
-                    "A10": 125.0, "V100": 125.0, "B200": 2250.0, "GB200": 2500.0, "MI300X": 1307.0}
 
 
 def peak_tflops() -> float | None:

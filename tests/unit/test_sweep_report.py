@@ -4,6 +4,8 @@ directories written the way the trainer and gather() leave them, with losses fro
 import json
 import math
 import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -126,7 +128,7 @@ def test_target_flops_answer_and_its_submit_line(capsys, grid_sweep):
 
 
 def test_target_gpu_hours_converts_with_the_gpu_peak(capsys, grid_sweep):
-    from genlip.train.metrics import PEAK_BF16_TFLOPS
+    from genlip.info import PEAK_BF16_TFLOPS
 
     code, out, _ = report(capsys, grid_sweep, "--target-gpu-hours", "500", "--mfu", "0.4", "--gpu", "h200")
     assert code == 0
@@ -134,6 +136,14 @@ def test_target_gpu_hours_converts_with_the_gpu_peak(capsys, grid_sweep):
     assert answer["C"] == pytest.approx(500 * 3600 * PEAK_BF16_TFLOPS["H200"] * 1e12 * 0.4)
     assert answer["gpu_hours"] == pytest.approx(500)
     assert "500 GPU-hours x 989 TFLOP/s" in out
+    # the whole budget answer runs on a login node without the training stack
+    code = ("import sys, genlip.cluster.sweep as s\n"
+            "s._queued_tasks = lambda job: {11}\n"
+            f"code = s.main(['report', {str(grid_sweep)!r}, '--bootstrap', '10', '--target-gpu-hours', '500', "
+            "'--mfu', '0.4', '--gpu', 'h200'])\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'deepspeed', 'megatron'}), code)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip().splitlines()[-1] == "[] 0", run.stdout[-2000:] + run.stderr[-2000:]
 
 
 def test_isoflop_sweep_gets_parabolas_and_a_plot(capsys, tmp_path, monkeypatch):
