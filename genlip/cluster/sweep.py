@@ -366,7 +366,7 @@ def run_report(args) -> int:
 
 
 def run_plan(args) -> int:
-    from genlip.cluster.sweep_fit import isoflop_points, parse_list, positive, sample_shape
+    from genlip.cluster.sweep_fit import isoflop_points, parse_list, parse_vary, positive, sample_shape
 
     budgets = [positive(c, "--flops") for c in parse_list(args.flops, "--flops")]
     if len(set(budgets)) != len(budgets):
@@ -377,6 +377,7 @@ def run_plan(args) -> int:
     unknown = [p for p in presets if p not in PRESETS]
     if unknown:
         raise UserError(f"--presets: unknown {unknown}; choose from {', '.join(PRESETS)}")
+    variants = parse_vary(args.vary)
     for flag in ("image_size", "prompt_tokens", "caption_tokens"):
         if getattr(args, flag) is not None and getattr(args, flag) < (1 if flag == "image_size" else 0):
             raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is out of range")
@@ -384,10 +385,9 @@ def run_plan(args) -> int:
         raise UserError("give --base SWEEP.yaml (name, config, overrides, slurm) or --config CONFIG --name NAME")
     if args.base is not None and args.out.resolve() == args.base.resolve():
         raise UserError(f"--out {args.out} is the --base file; write the plan to another file")
-    dropped = []
+    dropped, set_here = [], {"model.preset", "train.total_samples", *variants[0]}
     if args.base is not None:
         base, _ = load_sweep(args.base)
-        set_here = {"model.preset", "train.total_samples"}
         overrides = [o for o in base["overrides"] if o.split("=", 1)[0].strip() not in set_here]
         grid = {k: v for k, v in base["grid"].items() if k not in set_here}
         dropped = [f"overrides {o}" for o in base["overrides"] if o not in overrides]
@@ -409,7 +409,7 @@ def run_plan(args) -> int:
 
     shape = sample_shape(load_config(doc["config"], doc["overrides"]), image_size=args.image_size,
                          prompt_tokens=args.prompt_tokens, caption_tokens=args.caption_tokens)
-    pts, table = isoflop_points(doc["config"], doc["overrides"], presets, budgets, shape)
+    pts, table = isoflop_points(doc["config"], doc["overrides"], presets, budgets, shape, variants)
     doc["points"] = pts
     if grid:
         doc["grid"] = grid
@@ -426,8 +426,9 @@ def run_plan(args) -> int:
         raise RuntimeError(f"genlip-sweep plan wrote {args.out}, which does not load: {e}") from None
     print("\n".join(table))
     for what in dropped:
-        print(f"note: dropped the base's {what}: the plan sets model.preset and train.total_samples per point")
-    print(f"wrote {args.out}: {len(points(sweep))} points ({len(presets)} presets x {len(budgets)} budgets"
+        print(f"note: dropped the base's {what}: the plan sets {', '.join(sorted(set_here))} per point")
+    print(f"wrote {args.out}: {len(points(sweep))} points ({len(presets)} presets"
+          + (f" x {len(variants)} --vary values" if variants[0] else "") + f" x {len(budgets)} budgets"
           + (f" x {len(points(sweep)) // len(pts)} grid combinations" if grid else "") + ")")
     print(f"next: genlip-sweep submit {args.out} --dry-run")
     return 0
@@ -445,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="write an isoFLOP sweep: per budget, each preset's samples for equal FLOPs")
     pl.add_argument("--flops", required=True, help="training FLOPs budgets, comma-separated (e.g. 1e18,1e19)")
     pl.add_argument("--presets", required=True, help="model presets, comma-separated (e.g. b16,l16,so16)")
+    pl.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
+                    help="also vary model keys within each preset: model.width=256,384,512, or keys in step "
+                         "model.width:model.heads=256:4,384:6; repeated --vary are crossed; each combination "
+                         "trains C / (its own FLOPs per sample)")
     pl.add_argument("--base", type=Path, help="sweep file whose name, config, overrides, grid (seeds) and slurm "
                                               "are kept (its model.preset and train.total_samples are replaced)")
     pl.add_argument("--config", help="run config, when there is no --base")

@@ -18,11 +18,14 @@ answers --help and bad options before any of it loads.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from genlip.errors import UserError
 
@@ -119,24 +122,52 @@ def positive(text: str, what: str) -> float:
     return v
 
 
+def parse_vary(items: list[str]) -> list[dict]:
+    """--vary values -> every combination as {KEY: value} (values read as YAML scalars); [{}] for none.
+    One --vary is a key and its values (model.width=256,384) or keys tied together, values in step
+    (model.width:model.heads=256:4,384:6); separate --vary options are crossed."""
+    axes, seen = [], set()
+    for item in items:
+        keys, sep, values = item.partition("=")
+        keys = [k.strip() for k in keys.split(":")]
+        bad = [k for k in keys if not k.startswith("model.") or k == "model.preset"]
+        if not sep or bad:
+            raise UserError(f"--vary {item!r}: give model keys other than model.preset and their values, e.g. "
+                            "--vary model.width=256,384,512 or --vary model.width:model.heads=256:4,384:6")
+        if seen & set(keys) or len(set(keys)) != len(keys):
+            raise UserError(f"--vary {item!r}: a key is given twice")
+        seen.update(keys)
+        combos = []
+        for value in parse_list(values, f"--vary {':'.join(keys)}"):
+            parts = value.split(":")
+            if len(parts) != len(keys):
+                raise UserError(f"--vary {item!r}: {value!r} has {len(parts)} values for {len(keys)} keys")
+            combos.append({k: yaml.safe_load(v) for k, v in zip(keys, parts)})
+        axes.append(combos)
+    return [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*axes)]
+
+
 def isoflop_points(config, overrides: list[str], presets: list[str], budgets: list[float],
-                   shape: SampleShape) -> tuple[list[dict], list[str]]:
-    """The points (preset, samples) that spend each budget, and a table of them for the console."""
+                   shape: SampleShape, variants: list[dict] = ({},)) -> tuple[list[dict], list[str]]:
+    """The points (preset, any --vary values, samples) that spend each budget, and a table for the console."""
     points, notes, lines = [], [], [f"FLOPs per sample from genlip-info at {_shape_text(shape)}: {shape.source}",
-                         f"{'preset':<10} {'trunk':>10} {'FLOPs/sample':>13}  " +
+                         f"{'model':<24} {'trunk':>10} {'FLOPs/sample':>13}  " +
                          "  ".join(f"{'C=' + format(c, '.3g'):>12}" for c in budgets)]
     for preset in presets:
-        fps, trunk = flops_per_sample(preset_config(config, overrides, preset), shape)
-        samples = [round(c / fps) for c in budgets]  # NOTE: whole samples (a config may hold an integer)
-        for c, d in zip(budgets, samples):
-            if d < 1:
-                raise UserError(f"--flops {c:g} is less than one sample of {preset} ({fps:.3g} FLOPs): "
-                                "raise the budget")
-            if abs(d * fps / c - 1) > 0.01:
-                notes.append(f"note: {preset} at C = {c:.3g} trains {d} samples, {d * fps / c - 1:+.1%} off the "
-                             "budget after rounding to whole samples; raise the budget")
-            points.append({"model.preset": preset, "train.total_samples": d})
-        lines.append(f"{preset:<10} {trunk:>10,} {fps:>13.4g}  " + "  ".join(f"{d:>12,}" for d in samples))
+        for variant in variants:
+            extra = [f"{k}={v}" for k, v in variant.items()]
+            name = " ".join([preset, *extra])
+            fps, trunk = flops_per_sample(preset_config(config, [*overrides, *extra], preset), shape)
+            samples = [round(c / fps) for c in budgets]  # NOTE: whole samples (a config may hold an integer)
+            for c, d in zip(budgets, samples):
+                if d < 1:
+                    raise UserError(f"--flops {c:g} is less than one sample of {name} ({fps:.3g} FLOPs): "
+                                    "raise the budget")
+                if abs(d * fps / c - 1) > 0.01:
+                    notes.append(f"note: {name} at C = {c:.3g} trains {d} samples, {d * fps / c - 1:+.1%} off the "
+                                 "budget after rounding to whole samples; raise the budget")
+                points.append({"model.preset": preset, **variant, "train.total_samples": d})
+            lines.append(f"{name:<24} {trunk:>10,} {fps:>13.4g}  " + "  ".join(f"{d:>12,}" for d in samples))
     return points, lines + notes
 
 

@@ -275,3 +275,51 @@ def test_bad_inputs_are_one_line_errors(capsys, tmp_path, monkeypatch, argv, mes
     err = capsys.readouterr().err
     assert err.startswith("genlip-sweep: error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "out.yaml").exists() and not (tmp_path / "SWEEP" / "fit.json").exists()
+
+
+def test_plan_varies_a_model_key_within_a_preset(capsys, tmp_path):
+    """--vary model.width=32,64 with one preset: a width sweep whose every (width, budget) point spends the
+    budget by its own FLOPs per sample (genlip-info on the preset with that width, computed here)."""
+    out = tmp_path / "widths.yaml"
+    budgets = (1e11, 1e12)
+    assert sweep_main(["plan", "--flops", "1e11,1e12", "--presets", "tiny", "--vary", "model.width=32,64",
+                       "--config", TINY, "--name", "w", "--output-dir", str(tmp_path), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "tiny model.width=32" in text and "(1 presets x 2 --vary values x 2 budgets)" in text
+    sweep, _ = load_sweep(out)
+    shape = {"patches": (224 // 16) ** 2, "prompt_tokens": 6, "caption_tokens": 68}
+    samples = {}
+    for p, C in zip(sweep["points"], budgets * 2):
+        assert set(p) == {"model.preset", "model.width", "train.total_samples"}
+        fps_w = train_flops_per_sample(get_preset("tiny", width=p["model.width"]), **shape)
+        assert abs(p["train.total_samples"] * fps_w - C) <= fps_w / 2  # C, to the nearest whole sample
+        samples.setdefault(p["model.width"], []).append(p["train.total_samples"])
+    assert sorted(samples) == [32, 64]
+    assert all(a > 1.5 * b for a, b in zip(samples[32], samples[64]))  # the narrower model sees more samples
+    # keys in step (one --vary) and crossed (two): 2 tied (width, heads) pairs x 2 ffn values
+    assert sweep_main(["plan", "--flops", "1e12", "--presets", "tiny", "--vary", "model.width:model.heads=32:2,64:4",
+                       "--vary", "model.ffn=64,128", "--config", TINY, "--name", "w", "--out", str(out)]) == 0
+    pts = load_sweep(out)[0]["points"]
+    assert [(p["model.width"], p["model.heads"], p["model.ffn"]) for p in pts] == [
+        (32, 2, 64), (32, 2, 128), (64, 4, 64), (64, 4, 128)]
+    for p in pts:
+        fps_p = train_flops_per_sample(get_preset("tiny", width=p["model.width"], heads=p["model.heads"],
+                                                  ffn=p["model.ffn"]), **shape)
+        assert abs(p["train.total_samples"] * fps_p - 1e12) <= fps_p / 2
+
+
+@pytest.mark.parametrize("vary, message", [
+    ("model.preset=tiny,small", "give model keys other than model.preset"),
+    ("optim.lr=1e-3,2e-3", "give model keys other than model.preset"),
+    ("model.width", "give model keys other than model.preset"),
+    ("model.width=32,32", "lists a value twice"),
+    ("model.width:model.heads=32:2,64", "'64' has 1 values for 2 keys"),
+    ("model.width:model.width=32:32", "a key is given twice"),
+    ("model.width=32,wide", "model.width"),
+])
+def test_plan_refuses_bad_vary(capsys, tmp_path, vary, message):
+    assert sweep_main(["plan", "--flops", "1e12", "--presets", "tiny", "--vary", vary, "--config", TINY,
+                       "--name", "w", "--out", str(tmp_path / "w.yaml")]) != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "w.yaml").exists()
