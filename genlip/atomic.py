@@ -11,10 +11,16 @@ from pathlib import Path
 import numpy as np
 
 
+def temporary_name(path: str | Path) -> Path:
+    """Where to write `path` before renaming it into place: hidden, next to it, and unique per host and
+    process (SLURM array tasks, or a job and a command run by hand, may write the same file at once)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
 def atomic_write(path: str | Path, data: bytes | str) -> None:
     path = Path(path)
-    # unique per process and host: SLURM array tasks may write the same file into a shared directory at once
-    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)

@@ -21,14 +21,13 @@ import bisect
 import fcntl
 import json
 import os
-import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from genlip.atomic import atomic_write_json
+from genlip.atomic import atomic_write_json, temporary_name
 from genlip.data.manifest import DatasetError
 
 PLAN_VERSION = 1  # the values of a plan are unchanged since version 1; only their dtype narrowed
@@ -151,7 +150,7 @@ def fill_rate(lengths: np.ndarray, row_offsets: np.ndarray, budget: int) -> floa
 def _save_npy_stream(path: Path, dtype: np.dtype, count: int, chunks: Iterable[np.ndarray]) -> None:
     """Write `count` values arriving in chunks as one `.npy`, under a temporary name renamed when complete
     (as genlip.atomic does for whole arrays), without ever holding the whole array."""
-    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")  # builders on other nodes
+    tmp = temporary_name(path)  # builders on other nodes may write the same plan
     try:
         with open(tmp, "wb") as f:
             np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),

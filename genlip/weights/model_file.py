@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from genlip.atomic import atomic_write_json
+from genlip.atomic import atomic_write_json, temporary_name
 from genlip.errors import UserError
 from genlip.model.config import ModelConfig
 
@@ -30,12 +30,16 @@ def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dic
     """Write a safetensors file under a temporary name and rename it into place, with the mode every
     other file gets (safetensors itself creates files 0600, whatever the umask)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    tmp.replace(path)
+    tmp = temporary_name(path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        tmp.replace(path)
+    except BaseException:  # disk full, interrupted: the old file stays, no temporary one is left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from genlip.atomic import atomic_write_json
+from genlip.atomic import atomic_write_json, temporary_name
 from genlip.model.config import ModelConfig
 from genlip.weights.deepspeed_files import CheckpointInfo, read_training_state
 from genlip.weights.model_file import save_safetensors
@@ -33,14 +33,22 @@ def save_universal(info: CheckpointInfo, out: Path | None = None) -> Path:
     if (out / "universal.json").is_file():
         return out
     tensors, adam_step = read_training_state(info)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for key in KEYS:
-        save_safetensors(tmp / f"{key}.safetensors", {k: v.contiguous() for k, v in tensors[key].items()}, {})
-    atomic_write_json(tmp / "universal.json", {"adam_step": adam_step, "layout": info.layout,
-                                               "progress": info.state.get("progress", {}), "source": str(info.path)})
-    tmp.replace(out)
+    tmp = temporary_name(out)  # a job's rank 0 and `genlip-ckpt universal` by hand may convert it at once
+    try:
+        tmp.mkdir(parents=True)
+        for key in KEYS:
+            save_safetensors(tmp / f"{key}.safetensors", {k: v.contiguous() for k, v in tensors[key].items()}, {})
+        atomic_write_json(tmp / "universal.json", {"adam_step": adam_step, "layout": info.layout,
+                                                   "progress": info.state.get("progress", {}),
+                                                   "source": str(info.path)})
+        try:
+            tmp.replace(out)
+        except OSError:
+            if not (out / "universal.json").is_file():
+                raise
+            # another process finished the same conversion first: keep its directory, drop ours
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -10,6 +10,8 @@ different orders, so bit equality is not expected; tried at lr 2e-3, the same ch
 60 steps, then such rounding differences grew step by step to 7e-3 by step 120, so the rate is 5e-4). DropPath is off
 because its random draws depend on the number of replicas."""
 
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -91,3 +93,36 @@ def test_lost_moments_are_detected(setup):
     got = read_metrics(out)
     worst = max(abs(got[s]["train/loss"] / ref[s]["train/loss"] - 1) for s in range(SEG + 1, 2 * SEG + 1))
     assert worst > 1e-3, worst
+
+
+def _convert(args):
+    step_dir, barrier = args
+    barrier.wait()  # all at once, as a job's rank 0 and `genlip-ckpt universal` run by hand may
+    return str(save_universal(find_checkpoint(step_dir)))
+
+
+def test_converting_one_checkpoint_in_several_processes_at_once(setup, tmp_path):
+    """Four processes convert the same DP2 checkpoint at the same moment (a shared temporary directory made
+    all but one fail): each succeeds, the directory they return holds what a lone conversion writes, and
+    no temporary is left."""
+    import multiprocessing as mp
+
+    root, config, _, _ = setup
+    out = root / "concurrent"
+    assert run_train(2, config, f"train.output_dir={out}", f"train.max_steps={SEG}").returncode == 0
+    info = find_checkpoint(out)
+    single = save_universal(info, tmp_path / "single")
+    ctx = mp.get_context("spawn")
+    for _ in range(2):
+        with ctx.Manager() as manager:
+            barrier = manager.Barrier(4)
+            with ctx.Pool(4) as pool:
+                paths = pool.map(_convert, [(str(info.path), barrier)] * 4)
+        assert len(set(paths)) == 1
+        universal = info.path / "universal"
+        assert paths[0] == str(universal)
+        for key in ("fp32", "exp_avg", "exp_avg_sq"):
+            got, want = (load_file(str(d / f"{key}.safetensors")) for d in (universal, single))
+            assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+        assert [p.name for p in info.path.iterdir() if ".tmp-" in p.name] == []
+        shutil.rmtree(universal)  # the next round converts from scratch again
