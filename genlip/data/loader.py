@@ -21,6 +21,7 @@ import torch
 from genlip.data.images import decode_stored, patchify_uint8
 from genlip.data.packing import PackingPlan, PackingSpec
 from genlip.data.shards import DatasetError, ShardDataset, manifest_hash, open_dataset, read_sample
+from genlip.errors import UserError
 from genlip.model.batch import PackedBatch
 
 BLEND_BLOCK = 1000  # the blend schedule repeats every BLEND_BLOCK rows
@@ -196,13 +197,37 @@ class MicroBatches(torch.utils.data.Dataset):
         return range(first, first + self.rows.spec.micro_rows)
 
     def __getitem__(self, k: int):
-        loaded = [self.rows.row(r) for r in self.global_rows(k)]
+        try:
+            loaded = [self.rows.row(r) for r in self.global_rows(k)]
+        except UserError as e:  # raised in a worker process, torch would wrap it in the worker's traceback text
+            return _Failed(e)
         return collate([d for d, _ in loaded]), [info for _, info in loaded]
 
     def __len__(self):  # effectively unbounded; the trainer decides when to stop
         return 2**62
 
 
+
+
+class _Failed:
+    """A micro-batch that could not be read: the error travels from the worker as data, and the main process
+    raises it as it was (a one-line message naming the file and sample), not wrapped in a traceback."""
+
+    def __init__(self, error: UserError):
+        self.error = error
+
+
+class Loader:
+    """The DataLoader's batches; raises a micro-batch's read error where the batch is taken."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader):
+        self.loader = loader
+
+    def __iter__(self):
+        for item in self.loader:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
 
 
 def collate(rows: list[dict]) -> PackedBatch:
@@ -236,11 +261,12 @@ def build_loader(spec: LoaderSpec, *, dp_rank: int = 0, dp_size: int = 1, rows_c
     start = rows_consumed // spec.global_rows * micro.accum
     # NOTE: its own generator, so that starting a loader never draws from the global RNG (which DropPath
     # uses and checkpoints restore): a resumed run must see the same random numbers as an unbroken one.
-    return torch.utils.data.DataLoader(micro, batch_size=None, sampler=_From(start), num_workers=spec.num_workers,
-                                       collate_fn=_identity, pin_memory=pin_memory,
-                                       generator=torch.Generator().manual_seed(spec.packing.seed),
-                                       persistent_workers=spec.num_workers > 0,
-                                       prefetch_factor=4 if spec.num_workers > 0 else None)
+    return Loader(torch.utils.data.DataLoader(micro, batch_size=None, sampler=_From(start),
+                                              num_workers=spec.num_workers, collate_fn=_identity,
+                                              pin_memory=pin_memory,
+                                              generator=torch.Generator().manual_seed(spec.packing.seed),
+                                              persistent_workers=spec.num_workers > 0,
+                                              prefetch_factor=4 if spec.num_workers > 0 else None))
 
 
-__all__ = ["LoaderSpec", "MicroBatches", "PackedRows", "RowInfo", "blend_schedule", "build_loader", "collate"]
+__all__ = ["Loader", "LoaderSpec", "MicroBatches", "PackedRows", "RowInfo", "blend_schedule", "build_loader", "collate"]

@@ -1,6 +1,7 @@
 """The training loader: exact resume across restarts and DP-size changes, blending, worker processes,
 what the model receives, and corruption caught at start-up and at read time."""
 
+import re
 import shutil
 
 import pytest
@@ -126,6 +127,13 @@ def test_corrupt_bin_is_caught_by_verify_startup_and_reads(datasets, tmp_path, c
     with pytest.raises(DatasetError, match=r"00001\.\*\.bin: sample \d+ fails its CRC check"):
         for r in range(40):
             rows.row(r)
+    # read by a worker process, the error reaches the training loop as it was raised: one line, no traceback
+    with pytest.raises(DatasetError) as caught:
+        for _ in zip(range(40), build_loader(spec_for([bad], micro_rows=1, check="quick", num_workers=2))):
+            pass
+    message = str(caught.value)
+    assert re.fullmatch(r"\S+/00001\.\*\.bin: sample \d+ fails its CRC check.*", message), message
+    assert "\n" not in message and "worker" not in message
 
 
 def test_truncated_idx_is_caught(datasets, tmp_path, capsys):
