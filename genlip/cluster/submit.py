@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shlex
 import subprocess
@@ -76,8 +77,11 @@ class SlurmOptions:
     sbatch_args: tuple[str, ...]
 
 
-def time_seconds(text: str) -> int | None:
-    """Seconds in a SLURM time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS); None if not one."""
+def time_seconds(text: str) -> float | None:
+    """Seconds in a SLURM time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS; UNLIMITED or INFINITE:
+    inf, the partition's own limit then applies); None if not one."""
+    if text.upper() in ("UNLIMITED", "INFINITE"):
+        return math.inf
     m = TIME_RE.fullmatch(text)
     if not m:
         return None
@@ -127,7 +131,8 @@ def check_slurm_options(raw: dict, name: Callable[[str], str]) -> SlurmOptions:
         raise UserError(f"{name('time')} must be a quoted string such as \"1-00:00:00\", not {time!r}")
     limit = time_seconds(time)
     if not limit:
-        raise UserError(f"{name('time')} {time!r} is not a SLURM time limit (MM, HH:MM:SS or D-HH:MM:SS, above 0)")
+        raise UserError(f"{name('time')} {time!r} is not a SLURM time limit (MM, HH:MM:SS or D-HH:MM:SS, above 0; "
+                        "or UNLIMITED)")
     signal = _int(raw.get("signal_seconds", 1), name("signal_seconds"), 1, 65535)
     if "signal_seconds" in raw and signal >= limit:
         raise UserError(f"{name('signal_seconds')} {signal} must be below the time limit ({time} = {limit} s): "

@@ -2,6 +2,7 @@
 that hold slot names, shell code, quotes or newlines stay inert; a failing step stops the job; the requeue
 path still works under `set -e`), and every bad option or sweep-file key is one line, exit 2, no file."""
 
+import math
 import os
 import subprocess
 import sys
@@ -83,7 +84,8 @@ def test_render_fills_slots_in_one_pass(tmp_path):
 
 @pytest.mark.parametrize("text, seconds", [("10", 600), ("10:30", 630), ("1:00:00", 3600), ("2-0", 172800),
                                            ("1-2:3", 93780), ("1-00:00:01", 86401), ("0", 0), ("1:", None),
-                                           ("-1", None), ("1-2:3:4:5", None), ("UNLIMITED", None)])
+                                           ("-1", None), ("1-2:3:4:5", None), ("UNLIMITED", math.inf),
+                                           ("infinite", math.inf), ("UNLIMITE", None)])
 def test_time_limits(text, seconds):
     from genlip.cluster.submit import time_seconds
 
