@@ -290,6 +290,21 @@ def write_report(sweep_dir: Path) -> tuple[Path, Path, Path]:
     return md_path, csv_path, png_path
 
 
+def point_labels(rows: list[dict]) -> list[str]:
+    """A short name per point: its preset (when presets differ) and the overrides that tell it from the other
+    points, samples left out (the x axis shows them), e.g. `small width=64`; `#N` when nothing else does."""
+    tokens = [[t for t in (r.get("overrides") or "").split() if not t.startswith(("train.total_samples=",
+                                                                                   "model.preset="))]
+              for r in rows]
+    common = set.intersection(*map(set, tokens)) if tokens else set()
+    several = len({r.get("preset") for r in rows}) > 1
+    labels = []
+    for r, toks in zip(rows, tokens):
+        parts = ([str(r.get("preset"))] if several else []) + [t.split(".")[-1] for t in toks if t not in common]
+        labels.append(" ".join(parts) or f"#{r['point']}")
+    return labels
+
+
 def _plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -299,10 +314,10 @@ def _plot(rows: list[dict], path: Path) -> None:
     done = [r for r in rows if r["status"] == "done" and r.get("final_loss") is not None]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((axes[0], "params_total", "parameters"), (axes[1], "train_flops", "training FLOPs")):
-        for r in done:
+        for r, name in zip(done, point_labels(done)):
             loss = next(r[k] for k in ("val_loss", "train_loss_last_interval", "final_loss") if r.get(k) is not None)
             ax.scatter(r[key], loss)
-            ax.annotate(f"{r['preset']}#{r['point']}", (r[key], loss), fontsize=8)
+            ax.annotate(name, (r[key], loss), fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("loss (validation if measured, else training)")

@@ -323,3 +323,16 @@ def test_plan_refuses_bad_vary(capsys, tmp_path, vary, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "w.yaml").exists()
+
+
+def test_point_labels_name_what_tells_points_apart():
+    from genlip.cluster.sweep import point_labels
+
+    width = [{"point": i, "preset": "tiny", "overrides": f"train.seed=1 model.width={w} train.total_samples={n}"}
+             for i, (w, n) in enumerate([(32, 100), (64, 50), (32, 400)])]
+    assert point_labels(width) == ["width=32", "width=64", "width=32"]
+    presets = [{"point": i, "preset": p, "overrides": f"model.preset={p} train.total_samples=9"}
+               for i, p in enumerate(["b16", "l16"])]
+    assert point_labels(presets) == ["b16", "l16"]
+    same = [{"point": i, "preset": "tiny", "overrides": f"train.total_samples={n}"} for i, n in enumerate([1, 2])]
+    assert point_labels(same) == ["#0", "#1"]
