@@ -458,7 +458,10 @@ def _disagreements(fit: Fit, iso: IsoFlop, k: float) -> list[str]:
     out = []
     for g in (g for g in iso.groups if g.ok):
         n_fit = float(optimal_allocation(fit.params, g.C, k)[0])
-        ratio = max(n_fit / g.N_star, g.N_star / n_fit) if n_fit > 0 and math.isfinite(n_fit) else math.inf
+        if not (n_fit > 0 and math.isfinite(n_fit)):
+            out.append(f"C = {g.C:.3g}: the joint fit gives no finite N_opt, the isoFLOP parabola {g.N_star:.3g}")
+            continue
+        ratio = max(n_fit / g.N_star, g.N_star / n_fit)
         if ratio > DISAGREE_WARN:
             out.append(f"C = {g.C:.3g}: the joint fit puts N_opt at {n_fit:.3g}, the isoFLOP parabola at "
                        f"{g.N_star:.3g} ({ratio:.3g}x apart): the law does not describe these points well; trust "

@@ -300,7 +300,8 @@ def point_labels(rows: list[dict]) -> list[str]:
     several = len({r.get("preset") for r in rows}) > 1
     labels = []
     for r, toks in zip(rows, tokens):
-        parts = ([str(r.get("preset"))] if several else []) + [t.split(".")[-1] for t in toks if t not in common]
+        short = [f"{k.rsplit('.', 1)[-1]}={v}" for k, _, v in (t.partition("=") for t in toks if t not in common)]
+        parts = ([str(r.get("preset"))] if several else []) + short
         labels.append(" ".join(parts) or f"#{r['point']}")
     return labels
 

@@ -142,7 +142,10 @@ def parse_vary(items: list[str]) -> list[dict]:
             parts = value.split(":")
             if len(parts) != len(keys):
                 raise UserError(f"--vary {item!r}: {value!r} has {len(parts)} values for {len(keys)} keys")
-            combos.append({k: yaml.safe_load(v) for k, v in zip(keys, parts)})
+            combo = {k: yaml.safe_load(v) for k, v in zip(keys, parts)}
+            if combo in combos:  # as read: 32 and 32.0 are one model
+                raise UserError(f"--vary {item!r} lists {value!r} twice")
+            combos.append(combo)
         axes.append(combos)
     return [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*axes)]
 

@@ -224,10 +224,21 @@ class Loader:
         self.loader = loader
 
     def __iter__(self):
-        for item in self.loader:
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
+        return _Raising(iter(self.loader))  # iter() now: the workers start prefetching at once
+
+
+class _Raising:
+    def __init__(self, it):
+        self.it = it
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = next(self.it)
+        if isinstance(item, _Failed):
+            raise item.error
+        return item
 
 
 def collate(rows: list[dict]) -> PackedBatch:

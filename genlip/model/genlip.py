@@ -141,7 +141,8 @@ class GenLIP(nn.Module):
         real slots alone, [1, T, D]: nothing real depends on a padding slot, so the linear layers skip the
         rows' unfilled tails (benchmarks/attention_cost.py); padding slots come back as zeros (nothing
         reads them)."""
-        if self.varlen_fn is not None or resolve_backend(self.cfg.attn_backend, x.device) != "sdpa":
+        padded = self.varlen_fn is not None or resolve_backend(self.cfg.attn_backend, x.device) != "sdpa"
+        if padded or len(layout.real_index) == 0:  # (no real slot at all: the padded rows, each sees itself)
             return self.run_blocks(x, *self.context(layout, x.dtype))
         B, S, D = x.shape
         take = layout.real_index  # [T] slot of each real token

@@ -35,6 +35,7 @@ def save_universal(info: CheckpointInfo, out: Path | None = None) -> Path:
     tensors, adam_step = read_training_state(info)
     tmp = temporary_name(out)  # a job's rank 0 and `genlip-ckpt universal` by hand may convert it at once
     try:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed conversion of a process with our host and pid
         tmp.mkdir(parents=True)
         for key in KEYS:
             save_safetensors(tmp / f"{key}.safetensors", {k: v.contiguous() for k, v in tensors[key].items()}, {})

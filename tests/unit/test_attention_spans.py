@@ -149,6 +149,20 @@ def test_whole_model_span_path_equals_dense_path():
     assert g_a["blocks.0.attn.q_proj.weight"].abs().sum() > 0
 
 
+def test_a_batch_without_any_sample_runs_on_both_paths():
+    """Rows of padding only (a rank's share at the end of a held-out set): the loss is 0 and every gradient
+    is 0 on the span path, as on the dense one, instead of a reshape error on zero real slots."""
+    cfg = get_preset("tiny")
+    batch = make_batch(ROWS["all_padding"][0], ROWS["all_padding"][1], cfg.vocab_size, cfg.patch_dim, seed=1)
+    for backend in ("sdpa", "sdpa_dense"):
+        model = build_model(get_preset("tiny", attn_backend=backend), seed=1).train()
+        out = model(batch)
+        out.loss.backward()
+        assert out.loss.item() == 0.0
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(not g.any() for g in grads)
+
+
 def test_the_span_path_runs_the_blocks_on_real_slots_only_with_the_same_droppath():
     """With `sdpa` the blocks see [1, T, D], the T real slots (the rows' unfilled tails skipped); in training
     with DropPath the same per-row draws as on padded rows give the dense path's loss and gradients."""

@@ -313,6 +313,7 @@ def test_plan_varies_a_model_key_within_a_preset(capsys, tmp_path):
     ("optim.lr=1e-3,2e-3", "give model keys other than model.preset"),
     ("model.width", "give model keys other than model.preset"),
     ("model.width=32,32", "lists a value twice"),
+    ("model.width=32,32.0", "lists '32.0' twice"),
     ("model.width:model.heads=32:2,64", "'64' has 1 values for 2 keys"),
     ("model.width:model.width=32:32", "a key is given twice"),
     ("model.width=32,wide", "model.width"),
@@ -334,5 +335,7 @@ def test_point_labels_name_what_tells_points_apart():
     presets = [{"point": i, "preset": p, "overrides": f"model.preset={p} train.total_samples=9"}
                for i, p in enumerate(["b16", "l16"])]
     assert point_labels(presets) == ["b16", "l16"]
+    lrs = [{"point": i, "preset": "tiny", "overrides": f"optim.lr={lr}"} for i, lr in enumerate(["1.0e-3", "2.5e-3"])]
+    assert point_labels(lrs) == ["lr=1.0e-3", "lr=2.5e-3"]  # a value's own dots kept
     same = [{"point": i, "preset": "tiny", "overrides": f"train.total_samples={n}"} for i, n in enumerate([1, 2])]
     assert point_labels(same) == ["#0", "#1"]
