@@ -135,10 +135,11 @@ class RowMap:
     src[b]: the row of each of the bucket's G*Lb positions; a padding position repeats a real row of the
     bucket (any finite value will do: it is masked out as a key and isolated as a query, see the masks).
     dst[b]: the same, with padding positions sent to row n, a scratch row past the end.
-    rows: every row some bucket takes (all n when unpadded)."""
+    rows: every row some bucket takes (all n when unpadded); `complete` when that is every row."""
 
-    def __init__(self, src, dst, n, rows, complete):
-        self.src, self.dst, self.n, self.rows, self.complete = src, dst, n, rows, complete
+    def __init__(self, src, dst, n, rows):
+        self.src, self.dst, self.n, self.rows = src, dst, n, rows
+        self.complete = len(rows) == n
 
     def scatter(self, parts, base=None):
         """[n, ...] with each bucket position's part at its row; rows no bucket takes: base's, else 0."""
@@ -216,8 +217,7 @@ def _span_attention(layout: Layout, call_cost: int = CALL_COST_PAIRS, unpadded: 
         shapes.append((len(group), Lb))
     if shapes:
         rows = torch.cat([d[d < n] for d in dst])
-        buckets = RowMap([s.to(device) for s in src], [d.to(device) for d in dst], n, rows.to(device),
-                           complete=len(rows) == n)
+        buckets = RowMap([s.to(device) for s in src], [d.to(device) for d in dst], n, rows.to(device))
         masks = [m[:, None].to(device) for m in masks]
     additive = {}  # dtype -> masks as 0 / -inf, made once per forward (SDPA would convert bool ones per call)
 

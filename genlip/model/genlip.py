@@ -151,7 +151,7 @@ class GenLIP(nn.Module):
                          section=c.mrope_section, theta=c.rope_theta, dtype=x.dtype)
         attend = make_attention(layout, "sdpa", unpadded=True)
         attend.rows = (B, take // S)  # DropPath: one draw per packed row, as on padded rows
-        real_slots = RowMap([take], [take], B * S, take, complete=len(take) == B * S)
+        real_slots = RowMap([take], [take], B * S, take)
         (real,) = ToBuckets.apply(x.reshape(B * S, D), real_slots)
         real = self.run_blocks(real[None], rope, attend)
         return FromBuckets.apply(real_slots, None, (D,), real[0]).view(B, S, D)
